@@ -1,0 +1,87 @@
+//! Errors a client request can end with, shaped for callers to act on.
+
+use std::fmt;
+
+use crate::tls::TlsError;
+use crate::version::Version;
+use crate::wire::ErrorReply;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request's n/w/r/timeout cannot work; nothing was sent.
+    #[error("invalid request options: {0}")]
+    InvalidOptions(String),
+    /// A key or value is over the cluster's limit; nothing was sent.
+    #[error("{what} of {len} bytes exceeds the cluster limit of {max} bytes")]
+    TooLarge {
+        /// `"key"` or `"value"`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit from cluster.toml.
+        max: usize,
+    },
+    /// Fewer replicas answered than the request needed.
+    #[error("quorum not reached: needed {needed} of {contacted} replicas, {acked} acked; {}", FailureList(.failures))]
+    Unavailable {
+        /// Acknowledgements (w) or answers (r) the request needed.
+        needed: usize,
+        /// How many did answer successfully.
+        acked: usize,
+        /// Replicas contacted (n).
+        contacted: usize,
+        /// Every replica that did not answer successfully, and why.
+        failures: Vec<ReplicaFailure>,
+    },
+    /// No seed node answered, so the client does not know the cluster.
+    #[error("cannot reach any seed node: {0}")]
+    NoSeed(String),
+    /// The TLS identity could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The local endpoint could not be created.
+    #[error("cannot create the client endpoint: {0}")]
+    Endpoint(#[from] std::io::Error),
+}
+
+/// One replica that did not acknowledge a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFailure {
+    /// The replica's node id.
+    pub node: String,
+    /// What happened.
+    pub reason: FailureReason,
+}
+
+/// Why one replica did not acknowledge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailureReason {
+    /// No answer within the request's timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The connection could not be made or broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The replica already holds a newer version, so this write lost.
+    #[error("stale: replica holds newer version {current}")]
+    Stale {
+        /// The replica's version.
+        current: Version,
+    },
+    /// The replica refused the request.
+    #[error("refused: {0}")]
+    Refused(ErrorReply),
+}
+
+struct FailureList<'a>(&'a [ReplicaFailure]);
+
+impl fmt::Display for FailureList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, failure) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{}: {}", failure.node, failure.reason)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The client↔node protocol: messages and their framing.
+//!
+//! A frame is a little-endian `u32` length followed by that many bytes of rmp-serde
+//! (struct-map form) encoding a [`RequestFrame`] or [`ResponseFrame`]. Frames carry a
+//! request id so that many requests share one long-lived QUIC stream (see
+//! [`crate::transport`]). The protocol version is the ALPN ([`ALPN`]); a change to these
+//! types that old peers cannot read needs a new ALPN.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::version::Version;
+
+/// ALPN of this protocol version.
+pub const ALPN: &[u8] = b"quorumkv/1";
+
+/// Size of the length prefix in front of every frame.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Extra room in a frame beyond the key and value limits, for the version, ids and tags.
+pub const FRAME_OVERHEAD: usize = 4096;
+
+/// A stored or transferred copy of a key: its version and its value, or a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Which write this is; the newest version wins.
+    pub version: Version,
+    /// The value, or `None` for a tombstone (the key was deleted).
+    pub value: Option<Bytes>,
+}
+
+impl Record {
+    /// Whether this record says the key is deleted.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// A request from a client to one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The node's own copy of a key.
+    Get {
+        /// Ring epoch the client routed with; the node refuses a different one.
+        epoch: u64,
+        /// The key.
+        key: Bytes,
+    },
+    /// Store `record` under `key` if it is newer than the node's copy (delete = tombstone).
+    Put {
+        /// Ring epoch the client routed with; the node refuses a different one.
+        epoch: u64,
+        /// The key.
+        key: Bytes,
+        /// The record to store.
+        record: Record,
+    },
+    /// The cluster's members and settings, from which a client builds the ring.
+    Members,
+}
+
+/// A node's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `Get`: the node's record, or `None` if it has never seen the key.
+    Record(Option<Record>),
+    /// Answer to `Put`: whether it was applied, and the version the node now holds
+    /// (a stale put is not applied and reports the newer version that won).
+    Put {
+        /// The record was newer and is now durably stored.
+        applied: bool,
+        /// The version the node holds after the request.
+        current: Version,
+    },
+    /// Answer to `Members`.
+    Members(ClusterInfo),
+    /// The request was refused or failed.
+    Error(ErrorReply),
+}
+
+/// Everything a client needs to route requests: members and the cluster's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Members in join order: `(node id, address)`.
+    pub members: Vec<Member>,
+    /// Number of partitions of the hash space.
+    pub partitions: u32,
+    /// Replicas per partition.
+    pub replication_factor: usize,
+    /// Default n/w/r of requests that do not choose their own.
+    pub defaults: QuorumDefaults,
+    /// Largest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+}
+
+/// One cluster member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id, unique in the cluster; also the name in its TLS certificate.
+    pub id: String,
+    /// Address its QUIC endpoint listens on.
+    pub addr: std::net::SocketAddr,
+}
+
+/// Default quorum sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumDefaults {
+    /// Replicas contacted per request.
+    pub n: usize,
+    /// Acknowledgements a write waits for.
+    pub w: usize,
+    /// Answers a read waits for.
+    pub r: usize,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Why a node refused or failed a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ErrorReply {
+    /// What went wrong, for code to act on.
+    pub kind: ErrorKind,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// Kinds of [`ErrorReply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Key or value over the cluster's limits.
+    TooLarge,
+    /// The version is further in the future than the node's clock allows.
+    ClockSkew,
+    /// The client routed with a different member list than the node's.
+    StaleEpoch,
+    /// The request could not be decoded.
+    Malformed,
+    /// The node's storage failed.
+    Storage,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+/// A request with the id its response will carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the sender, unique among its requests in flight on the stream.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// A response tagged with the id of its request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// The answer.
+    pub response: Response,
+}
+
+/// A frame that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announced more than the stream allows.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLong {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not a valid message.
+    #[error("malformed frame: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// The message could not be encoded.
+    #[error("cannot encode frame: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// Appends `message` as one length-prefixed frame to `out`.
+pub fn encode_frame<T: Serialize>(message: &T, out: &mut BytesMut) -> Result<(), FrameError> {
+    let start = out.len();
+    out.put_u32_le(0);
+    rmp_serde::encode::write_named(&mut (&mut *out).writer(), message)?;
+    let len = (out.len() - start - LENGTH_PREFIX) as u32;
+    out[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Encodes `message` as one frame.
+pub fn frame_bytes<T: Serialize>(message: &T) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    encode_frame(message, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Splits the next complete frame body off the front of `buf`, if there is one.
+pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FrameError> {
+    if buf.len() < LENGTH_PREFIX {
+        return Ok(None);
+    }
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    prefix.copy_from_slice(&buf[..LENGTH_PREFIX]);
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLong { len, max });
+    }
+    if buf.len() < LENGTH_PREFIX + len {
+        buf.reserve(LENGTH_PREFIX + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LENGTH_PREFIX);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Decodes one frame body.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    Ok(rmp_serde::from_slice(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_frame(value_len: usize) -> RequestFrame {
+        RequestFrame {
+            id: 42,
+            request: Request::Put {
+                epoch: 7,
+                key: Bytes::from_static(b"k"),
+                record: Record {
+                    version: Version { micros: 1, writer: 2 },
+                    value: Some(Bytes::from(vec![0xab; value_len])),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_one_byte_at_a_time() {
+        let frames = [
+            put_frame(0),
+            put_frame(1024),
+            RequestFrame {
+                id: 1,
+                request: Request::Members,
+            },
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            encode_frame(f, &mut wire).unwrap();
+        }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for byte in wire.iter() {
+            buf.put_u8(*byte);
+            while let Some(body) = split_frame(&mut buf, 1 << 20).unwrap() {
+                got.push(decode::<RequestFrame>(&body).unwrap());
+            }
+        }
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn byte_fields_are_compact() {
+        let body = frame_bytes(&put_frame(1024)).unwrap();
+        assert!(
+            body.len() < 1024 + 128,
+            "1 KiB value encodes as bytes, not an array: {}",
+            body.len()
+        );
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        let mut buf = BytesMut::from(&(1u32 << 30).to_le_bytes()[..]);
+        assert!(matches!(
+            split_frame(&mut buf, 1 << 20),
+            Err(FrameError::TooLong { .. })
+        ));
+        let garbage = [0xc1u8, 0xff, 0x00];
+        assert!(decode::<RequestFrame>(&garbage).is_err());
+    }
+}

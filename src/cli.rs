@@ -1,0 +1,270 @@
+//! The `quorumkv` command line: run nodes, and read and write keys.
+//!
+//! Exit codes: 0 success, 1 failure (the message says why), 2 key not found (`get`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use quorumkv_client::{Client, ClientConfig, ReadOptions, WriteOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::node::{Node, NodeParts};
+use crate::pki;
+
+/// Exit code of `get` when the key does not exist.
+pub const EXIT_NOT_FOUND: u8 = 2;
+
+/// quorumkv: a Dynamo-style leaderless key-value store.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every node of the config in this process (a local cluster).
+    Up(ConfigArg),
+    /// Run one node of the config.
+    Node {
+        /// Id of the node to run, as listed in [[nodes]].
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Store VALUE under KEY.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        #[command(flatten)]
+        quorum: WriteArgs,
+    },
+    /// Print the value stored under KEY (exit code 2 if there is none).
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        quorum: ReadArgs,
+    },
+    /// Delete KEY.
+    Delete {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        quorum: WriteArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Path of the cluster configuration.
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct WriteArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Replicas to write to (default from cluster.toml).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Acknowledgements to wait for (default from cluster.toml).
+    #[arg(long)]
+    w: Option<usize>,
+    /// Request timeout in milliseconds (default from cluster.toml).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ReadArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Replicas to ask (default from cluster.toml).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Answers to wait for (default from cluster.toml).
+    #[arg(long)]
+    r: Option<usize>,
+    /// Request timeout in milliseconds (default from cluster.toml).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
+impl WriteArgs {
+    fn options(&self) -> WriteOptions {
+        WriteOptions {
+            n: self.n,
+            w: self.w,
+            timeout: self.timeout_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+impl ReadArgs {
+    fn options(&self) -> ReadOptions {
+        ReadOptions {
+            n: self.n,
+            r: self.r,
+            timeout: self.timeout_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(arg) => up(&load(&arg.config)?),
+        Command::Node { id, config } => run_node(&load(&config.config)?, &id),
+        Command::Put { key, value, quorum } => {
+            let options = quorum.options();
+            client_command(&quorum.config.config, |client| async move {
+                let version = client.put_with(key, value, &options).await?;
+                println!("ok (version {version})");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Get { key, quorum } => {
+            let options = quorum.options();
+            client_command(&quorum.config.config, |client| async move {
+                match client.get_with(key.clone(), &options).await? {
+                    Some(found) => {
+                        println!("{}", String::from_utf8_lossy(&found.value));
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => {
+                        eprintln!("{key}: not found");
+                        Ok(ExitCode::from(EXIT_NOT_FOUND))
+                    }
+                }
+            })
+        }
+        Command::Delete { key, quorum } => {
+            let options = quorum.options();
+            client_command(&quorum.config.config, |client| async move {
+                let version = client.delete_with(key, &options).await?;
+                println!("deleted (version {version})");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<ClusterConfig> {
+    Ok(ClusterConfig::load(path)?)
+}
+
+/// Connects a client to the cluster of `config_path` and runs `action` with it.
+fn client_command<F, Fut>(config_path: &Path, action: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let config = load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (tls_dir, generate) = config.tls_dir();
+        let identity =
+            pki::identity(&tls_dir, pki_client_name(), generate).context("loading the client certificate")?;
+        let seeds = config.nodes.iter().map(|n| n.addr).collect();
+        let client = Client::connect(ClientConfig::new(seeds, identity)).await?;
+        action(client).await
+    })
+}
+
+fn pki_client_name() -> &'static str {
+    quorumkv_client::tls::layout::CLIENT
+}
+
+/// Runs one node until Ctrl-C / SIGTERM (or a fatal storage error).
+fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(stop.clone()));
+        serve_until(config, id, stop).await
+    })
+}
+
+/// Runs every node of the config, each on its own single-threaded runtime (measured
+/// faster than one shared multi-threaded runtime on small machines), until a signal.
+fn up(config: &ClusterConfig) -> anyhow::Result<ExitCode> {
+    let stop = CancellationToken::new();
+    let mut threads = Vec::new();
+    for id in config.node_ids() {
+        let (config, stop) = (config.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name(format!("node-{id}")).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let result = runtime.block_on(serve_until(&config, &id, stop.clone()));
+            // One node failing takes the local cluster down rather than leaving it half up.
+            stop.cancel();
+            result
+        })?;
+        threads.push(thread);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            _ = cancel_on_signal(stop.clone()) => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    let mut code = ExitCode::SUCCESS;
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(c)) if c == ExitCode::SUCCESS => {}
+            Ok(Ok(c)) => code = c,
+            Ok(Err(e)) => {
+                eprintln!("error: {e:#}");
+                code = ExitCode::FAILURE;
+            }
+            Err(_) => code = ExitCode::FAILURE,
+        }
+    }
+    Ok(code)
+}
+
+async fn serve_until(config: &ClusterConfig, id: &str, stop: CancellationToken) -> anyhow::Result<ExitCode> {
+    let parts = NodeParts::real(config, id, None).with_context(|| format!("starting node {id}"))?;
+    let node = Node::start(config, id, parts)?;
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = node.stopping() => {}
+    }
+    let failed = node.storage_failed();
+    node.shutdown().await?;
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Cancels `stop` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(stop: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received: shutting down");
+    stop.cancel();
+}

@@ -1,0 +1,471 @@
+//! cluster.toml: the cluster's members and settings, loaded and validated once.
+//!
+//! Every field has a `///` comment and, where sensible, a default. [`ClusterConfig::load`]
+//! rejects unknown fields and [`ClusterConfig::validate`] returns every problem at once,
+//! each naming the field and the fix. Relative paths are relative to the file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorumkv_client::wire::{ClusterInfo, Member, QuorumDefaults};
+use serde::Deserialize;
+
+/// The whole cluster.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Where nodes keep their data: one sub-directory per node id, plus `tls/` for the
+    /// development CA. Relative to the config file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Partitions of the hash space: a power of two, fixed for the life of the cluster.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Replicas of every partition.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: usize,
+    /// Request defaults.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Size and clock limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// When writes reach the disk.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Certificates; when absent, a development CA is generated under `data_dir/tls`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The members, in join order: append new nodes at the end, never reorder.
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    /// Directory of the file this was loaded from; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Default n/w/r and timeout of requests that do not choose their own.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Replicas contacted.
+    pub n: usize,
+    /// Write acknowledgements waited for.
+    pub w: usize,
+    /// Read answers waited for.
+    pub r: usize,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            n: 3,
+            w: 2,
+            r: 2,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Size and clock limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// A write whose version is further than this ahead of the node's clock is refused.
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 4 << 20,
+            max_clock_skew_ms: 5_000,
+        }
+    }
+}
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Durability {
+    /// `sync`: fsync before acknowledging (group commit); `periodic`: fsync every interval.
+    pub mode: DurabilityMode,
+    /// fsync interval of `periodic` mode, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability {
+            mode: DurabilityMode::Sync,
+            interval_ms: 100,
+        }
+    }
+}
+
+/// See [`Durability::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge only after fsync; concurrent writes share one fsync.
+    Sync,
+    /// Acknowledge after the write reached the OS; fsync every `interval_ms`.
+    Periodic,
+}
+
+/// Certificates from your own CA, as a directory laid out like the development one:
+/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`.
+/// Node certificates must name the node id and `quorumkv.node` as DNS names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The directory. Relative to the config file.
+    pub dir: PathBuf,
+}
+
+/// One member.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique id: lowercase letters, digits and `-`; also the node's TLS name.
+    pub id: String,
+    /// Address the node's QUIC endpoint listens on and others dial.
+    pub addr: SocketAddr,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_partitions() -> u32 {
+    256
+}
+fn default_replication_factor() -> usize {
+    3
+}
+
+/// A cluster.toml that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the field.
+        message: String,
+    },
+    /// Values that parse but do not make a working cluster.
+    #[error("{path}: invalid configuration:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One line per problem, naming the field and the fix.
+        problems: Vec<String>,
+    },
+}
+
+/// Largest partition count (the ring stores preference lists per partition).
+const MAX_PARTITIONS: u32 = 65_536;
+
+impl ClusterConfig {
+    /// Reads, parses and validates a cluster.toml.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        ClusterConfig::parse(&text, base_dir).map_err(|e| e.with_path(path))
+    }
+
+    /// Parses and validates cluster.toml text; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: PathBuf) -> Result<ClusterConfig, ConfigError> {
+        let mut config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.base_dir = base_dir;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Every problem with the values, each naming the field and the fix.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        self.validate_ring(&mut problems);
+        self.validate_defaults(&mut problems);
+        self.validate_limits(&mut problems);
+        self.validate_nodes(&mut problems);
+        problems
+    }
+
+    fn validate_ring(&self, problems: &mut Vec<String>) {
+        let p = self.partitions;
+        if !p.is_power_of_two() || p > MAX_PARTITIONS {
+            problems.push(format!(
+                "partitions = {p}: must be a power of two between 1 and {MAX_PARTITIONS}, e.g. 256"
+            ));
+        }
+        if self.replication_factor == 0 {
+            problems.push("replication_factor = 0: must be at least 1 (3 is usual)".into());
+        }
+        if !self.nodes.is_empty() && self.replication_factor > self.nodes.len() {
+            problems.push(format!(
+                "replication_factor = {} exceeds the {} nodes listed: add nodes or lower it",
+                self.replication_factor,
+                self.nodes.len()
+            ));
+        }
+    }
+
+    fn validate_defaults(&self, problems: &mut Vec<String>) {
+        let d = self.defaults;
+        if d.n == 0 || d.n > self.replication_factor {
+            problems.push(format!(
+                "defaults.n = {}: must be between 1 and replication_factor = {}",
+                d.n, self.replication_factor
+            ));
+        }
+        for (name, value) in [("w", d.w), ("r", d.r)] {
+            if value == 0 || value > d.n {
+                problems.push(format!(
+                    "defaults.{name} = {value}: must be between 1 and defaults.n = {}",
+                    d.n
+                ));
+            }
+        }
+        if d.timeout_ms == 0 {
+            problems.push("defaults.timeout_ms = 0: must be positive, e.g. 5000".into());
+        }
+    }
+
+    fn validate_limits(&self, problems: &mut Vec<String>) {
+        let l = self.limits;
+        if l.max_key_bytes == 0 {
+            problems.push("limits.max_key_bytes = 0: must be at least 1, e.g. 1024".into());
+        }
+        if l.max_value_bytes > MAX_VALUE_LIMIT {
+            problems.push(format!(
+                "limits.max_value_bytes = {}: at most {MAX_VALUE_LIMIT} (64 MiB) is supported",
+                l.max_value_bytes
+            ));
+        }
+        if self.durability.mode == DurabilityMode::Periodic && self.durability.interval_ms == 0 {
+            problems.push("durability.interval_ms = 0: periodic mode needs a positive interval, e.g. 100".into());
+        }
+    }
+
+    fn validate_nodes(&self, problems: &mut Vec<String>) {
+        if self.nodes.is_empty() {
+            problems.push("nodes: none listed; add [[nodes]] entries with id and addr".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !valid_node_id(&node.id) {
+                problems.push(format!(
+                    "nodes[{i}].id = {:?}: use 1-63 lowercase letters, digits or '-', starting with a letter",
+                    node.id
+                ));
+            }
+            if !ids.insert(node.id.as_str()) {
+                problems.push(format!(
+                    "nodes[{i}].id = {:?}: duplicate node id; every id must be unique",
+                    node.id
+                ));
+            }
+            if !addrs.insert(node.addr) {
+                problems.push(format!(
+                    "nodes[{i}].addr = {}: duplicate address; every node needs its own",
+                    node.addr
+                ));
+            }
+            if node.addr.port() == 0 {
+                problems.push(format!("nodes[{i}].addr = {}: give a fixed port", node.addr));
+            }
+        }
+    }
+
+    /// The data directory, resolved against the config file's directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.data_dir)
+    }
+
+    /// The node's own data directory.
+    pub fn node_dir(&self, id: &str) -> PathBuf {
+        self.data_dir().join(id)
+    }
+
+    /// The TLS directory and whether a development CA may be generated there.
+    pub fn tls_dir(&self) -> (PathBuf, bool) {
+        match &self.tls {
+            Some(files) => (self.base_dir.join(&files.dir), false),
+            None => (self.data_dir().join("tls"), true),
+        }
+    }
+
+    /// The member with this id.
+    pub fn node(&self, id: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Node ids in join order.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    /// Longest time a write version may lead the node's clock.
+    pub fn max_clock_skew(&self) -> Duration {
+        Duration::from_millis(self.limits.max_clock_skew_ms)
+    }
+
+    /// What a client needs to route requests (the answer to `Members`).
+    pub fn cluster_info(&self) -> ClusterInfo {
+        ClusterInfo {
+            members: self
+                .nodes
+                .iter()
+                .map(|n| Member {
+                    id: n.id.clone(),
+                    addr: n.addr,
+                })
+                .collect(),
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            defaults: QuorumDefaults {
+                n: self.defaults.n,
+                w: self.defaults.w,
+                r: self.defaults.r,
+                timeout_ms: self.defaults.timeout_ms,
+            },
+            max_key_bytes: self.limits.max_key_bytes,
+            max_value_bytes: self.limits.max_value_bytes,
+        }
+    }
+}
+
+/// Largest configurable value size: frames must stay well inside QUIC flow-control windows.
+const MAX_VALUE_LIMIT: usize = 64 << 20;
+
+fn valid_node_id(id: &str) -> bool {
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts_with_letter = id.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    ok_chars && starts_with_letter && id.len() <= 63
+}
+
+impl ConfigError {
+    fn with_path(self, file: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: file.into(),
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: file.into(),
+                problems,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        data_dir = "data"
+        [[nodes]]
+        id = "n1"
+        addr = "127.0.0.1:7001"
+        [[nodes]]
+        id = "n2"
+        addr = "127.0.0.1:7002"
+        [[nodes]]
+        id = "n3"
+        addr = "127.0.0.1:7003"
+    "#;
+
+    fn error_of(text: &str) -> String {
+        ClusterConfig::parse(text, PathBuf::new()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = ClusterConfig::parse(GOOD, PathBuf::from("/etc/qkv")).unwrap();
+        assert_eq!((c.partitions, c.replication_factor), (256, 3));
+        assert_eq!((c.defaults.n, c.defaults.w, c.defaults.r), (3, 2, 2));
+        assert_eq!(c.durability.mode, DurabilityMode::Sync);
+        assert_eq!(c.node_dir("n2"), PathBuf::from("/etc/qkv/data/n2"));
+        assert_eq!(c.limits.max_value_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn shipped_cluster_toml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        let c = ClusterConfig::load(&path).unwrap();
+        assert_eq!(c.node_ids(), ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn every_error_names_the_field() {
+        let cases = [
+            (
+                format!("{GOOD}\n[defaults]\nn = 3\nw = 4\nr = 2\ntimeout_ms = 10"),
+                "defaults.w = 4",
+            ),
+            (format!("partitions = 100\n{GOOD}"), "partitions = 100"),
+            (format!("replication_factor = 5\n{GOOD}"), "replication_factor = 5"),
+            (format!("colour = 1\n{GOOD}"), "unknown field `colour`"),
+            (GOOD.replace("\"n2\"", "\"n1\""), "duplicate node id"),
+            (GOOD.replace("7002", "7001"), "duplicate address"),
+            (GOOD.replace("\"n3\"", "\"N 3\""), "nodes[2].id"),
+            (GOOD.replace("127.0.0.1:7003", "nowhere"), "addr"),
+            ("data_dir = \"x\"".to_string(), "nodes: none listed"),
+            (
+                format!("{GOOD}\n[durability]\nmode = \"sometimes\"\ninterval_ms = 1"),
+                "unknown variant",
+            ),
+            ("[[nodes]\n".to_string(), "TOML"),
+        ];
+        for (text, expected) in cases {
+            let err = error_of(&text);
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let text = format!("partitions = 3\nreplication_factor = 0\n{GOOD}");
+        let err = error_of(&text);
+        assert!(
+            err.contains("partitions = 3") && err.contains("replication_factor = 0"),
+            "{err}"
+        );
+    }
+}

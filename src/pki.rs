@@ -1,0 +1,158 @@
+//! The development CA: certificates for local clusters, generated on first start.
+//!
+//! When cluster.toml names no certificates, nodes and the CLI use `data_dir/tls`, laid
+//! out as [`quorumkv_client::tls::layout`] describes. The first process to need it creates
+//! the CA, and each identity (a node id, or `client`) is created the first time it is
+//! needed. Every directory is written under a temporary name and renamed into place, so
+//! several nodes starting at once agree on one CA. The CA key sits next to it: this is
+//! for development only; production clusters configure `[tls] dir` with their own CA.
+
+use std::path::{Path, PathBuf};
+
+use quorumkv_client::tls::{layout, TlsIdentity, SEED_SERVER_NAME};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+/// Common name of the development CA.
+const CA_NAME: &str = "quorumkv development CA";
+
+/// Why the development certificates could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The files exist but cannot be used.
+    #[error(transparent)]
+    Tls(#[from] quorumkv_client::tls::TlsError),
+}
+
+/// Loads identity `name` from `dir`, first generating the development CA and the
+/// identity if `generate` allows and they are missing.
+pub fn identity(dir: &Path, name: &str, generate: bool) -> Result<TlsIdentity, PkiError> {
+    if generate {
+        ensure_ca(dir)?;
+        ensure_identity(dir, name)?;
+    }
+    Ok(TlsIdentity::load(dir, name)?)
+}
+
+fn ensure_ca(dir: &Path) -> Result<(), PkiError> {
+    if dir.join(layout::CA_CERT).exists() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let key = KeyPair::generate()?;
+    let cert = ca_params()?.self_signed(&key)?;
+    let files = [(layout::CA_CERT, cert.pem()), (layout::CA_KEY, key.serialize_pem())];
+    if write_dir_atomically(dir, &files)? {
+        tracing::warn!("generated a development CA in {} (for local use only)", dir.display());
+    }
+    Ok(())
+}
+
+fn ensure_identity(dir: &Path, name: &str) -> Result<(), PkiError> {
+    let target = dir.join(name);
+    if target.join(layout::CERT).exists() {
+        return Ok(());
+    }
+    let ca_key_path = dir.join(layout::CA_KEY);
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    // Re-creating the CA certificate from the same name and key yields an issuer that
+    // verifies against the stored ca.pem.
+    let ca = ca_params()?.self_signed(&ca_key)?;
+    let (cert, key) = leaf(name, &ca, &ca_key)?;
+    if write_dir_atomically(&target, &[(layout::CERT, cert), (layout::KEY, key)])? {
+        tracing::info!("generated development certificate for {name} in {}", target.display());
+    }
+    Ok(())
+}
+
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// A certificate for `name` usable as server and client: nodes dial each other too.
+fn leaf(name: &str, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, String), rcgen::Error> {
+    let names = vec![name.to_string(), SEED_SERVER_NAME.to_string(), "localhost".to_string()];
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca, ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes `files` into a temporary sibling of `target` and renames it into place.
+/// Returns false if another process created `target` first (its files are kept).
+fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool, PkiError> {
+    let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tls");
+    let temp = target.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&temp);
+    std::fs::create_dir_all(&temp).map_err(io(&temp))?;
+    for (name, contents) in files {
+        let path = temp.join(name);
+        std::fs::write(&path, contents).map_err(io(&path))?;
+    }
+    match std::fs::rename(&temp, target) {
+        Ok(()) => Ok(true),
+        Err(_) if target.exists() => {
+            let _ = std::fs::remove_dir_all(&temp);
+            Ok(false)
+        }
+        Err(e) => Err(PkiError::Io {
+            path: target.into(),
+            source: e,
+        }),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_share_one_ca_and_survive_reloading() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let n1 = identity(&tls, "n1", true).unwrap();
+        let client = identity(&tls, "client", true).unwrap();
+        assert_eq!(n1.ca, client.ca, "one CA for every identity");
+        let again = identity(&tls, "n1", true).unwrap();
+        assert_eq!(again.chain, n1.chain, "existing certificates are reused");
+        assert!(n1.server_config().is_ok() && client.client_config().is_ok());
+    }
+
+    #[test]
+    fn without_generation_missing_files_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = identity(dir.path(), "n1", false).unwrap_err().to_string();
+        assert!(err.contains("ca.pem"), "{err}");
+    }
+}
