@@ -178,6 +178,28 @@ impl Client {
         self.write(key.into(), None, options).await
     }
 
+    /// Reads one node's own copy of `key`, without a quorum: for inspecting divergence.
+    /// Returns the raw record (tombstones included).
+    pub async fn get_from(&self, node_id: &str, key: impl Into<Bytes>) -> Result<Option<Record>, ClientError> {
+        let node = self.inner.member_index(node_id)?;
+        let request = Request::Get {
+            epoch: self.inner.ring.epoch(),
+            key: key.into(),
+        };
+        let timeout = Duration::from_millis(self.inner.cluster.defaults.timeout_ms);
+        let answer = self
+            .inner
+            .call_with_timeout(node, request, timeout)
+            .await
+            .and_then(read_answer);
+        answer.map_err(|reason| ClientError::Unavailable {
+            needed: 1,
+            acked: 0,
+            contacted: 1,
+            failures: vec![self.inner.failure(node, reason)],
+        })
+    }
+
     async fn write(&self, key: Bytes, value: Option<Bytes>, options: &WriteOptions) -> Result<Version, ClientError> {
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         self.check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
@@ -248,10 +270,14 @@ impl Inner {
         let mut answered = vec![false; self.cluster.members.len()];
         let deadline = tokio::time::sleep(plan.timeout);
         tokio::pin!(deadline);
+        let mut unanswered = FailureReason::Unanswered;
         while tracker.state() == QuorumState::Pending {
             let (node, answer) = tokio::select! {
                 Some(a) = rx.recv() => a,
-                _ = &mut deadline => break,
+                _ = &mut deadline => {
+                    unanswered = FailureReason::Timeout;
+                    break;
+                }
             };
             answered[node] = true;
             match answer.and_then(&judge) {
@@ -268,7 +294,7 @@ impl Inner {
             return Ok(results);
         }
         for &node in targets.iter().filter(|&&n| !answered[n]) {
-            tracker.fail(self.failure(node, FailureReason::Timeout));
+            tracker.fail(self.failure(node, unanswered.clone()));
         }
         Err(ClientError::Unavailable {
             needed: tracker.needed(),
@@ -276,6 +302,11 @@ impl Inner {
             contacted: tracker.contacted(),
             failures: tracker.into_failures(),
         })
+    }
+
+    fn member_index(&self, node_id: &str) -> Result<usize, ClientError> {
+        let found = self.cluster.members.iter().position(|m| m.id == node_id);
+        found.ok_or_else(|| ClientError::InvalidOptions(format!("no member named {node_id:?}")))
     }
 
     fn failure(&self, node: usize, reason: FailureReason) -> ReplicaFailure {

@@ -1,0 +1,265 @@
+//! Reads, writes and deletes through the real path: client crate → QUIC/TLS → nodes → fjall.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{copies, wait_until, Shape, TestCluster};
+use quorumkv_client::clock::Clock;
+use quorumkv_client::{Client, ClientError, FailureReason, ReadOptions, WriteOptions};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn w(n: usize, w: usize) -> WriteOptions {
+    WriteOptions {
+        n: Some(n),
+        w: Some(w),
+        timeout: None,
+    }
+}
+
+fn r(n: usize, r: usize) -> ReadOptions {
+    ReadOptions {
+        n: Some(n),
+        r: Some(r),
+        timeout: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_delete_round_trip() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    assert_eq!(
+        client.get("greeting").await.unwrap(),
+        None,
+        "unknown key reads as not found"
+    );
+    let v1 = client.put("greeting", "hello").await.unwrap();
+    let found = client.get("greeting").await.unwrap().expect("written key is found");
+    assert_eq!((found.value, found.version), (Bytes::from("hello"), v1));
+    let v2 = client.put("greeting", "hello again").await.unwrap();
+    assert!(v2 > v1, "a later write gets a newer version");
+    assert_eq!(client.get("greeting").await.unwrap().unwrap().value, "hello again");
+    let v3 = client.delete("greeting").await.unwrap();
+    assert!(v3 > v2);
+    assert_eq!(
+        client.get("greeting").await.unwrap(),
+        None,
+        "deleted key reads as not found"
+    );
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    client.put("big", big.clone()).await.unwrap();
+    assert_eq!(
+        client.get("big").await.unwrap().unwrap().value,
+        big,
+        "1 MiB value on its own stream"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_down_quorums_of_two_still_work() {
+    let mut cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    client.put_with("k", "before", &w(3, 3)).await.unwrap();
+    cluster.stop(2).await;
+    client
+        .put_with("k", "after", &w(3, 2))
+        .await
+        .expect("w=2 with one node down");
+    assert_eq!(client.get_with("k", &r(3, 2)).await.unwrap().unwrap().value, "after");
+
+    let err = client.put_with("k", "all", &w(3, 3)).await.unwrap_err();
+    let ClientError::Unavailable {
+        needed,
+        acked,
+        failures,
+        ..
+    } = &err
+    else {
+        panic!("unexpected error {err}")
+    };
+    assert_eq!((*needed, *acked), (3, 2), "{err}");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].node, "n3", "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("needed 3") && message.contains("2 acked") && message.contains("n3"),
+        "{message}"
+    );
+
+    let err = client.get_with("k", &r(3, 3)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Unavailable {
+                needed: 3,
+                acked: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_returns_the_newest_of_its_answers() {
+    let mut cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    let ids: Vec<String> = (0..3).map(|i| cluster.id(i)).collect();
+    let old = client.put_with("k", "old", &w(3, 3)).await.unwrap();
+    cluster.stop(0).await;
+    let new = client.put_with("k", "new", &w(3, 2)).await.unwrap();
+    cluster.restart(0).await;
+    let held = copies(&client, &ids, "k").await;
+    assert_eq!(
+        held[0].as_ref().map(|r| r.version),
+        Some(old),
+        "n1 missed the second write"
+    );
+    for _ in 0..10 {
+        let found = client.get_with("k", &r(3, 2)).await.unwrap().unwrap();
+        assert_eq!((found.value, found.version), (Bytes::from("new"), new));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_leave_every_replica_on_one_version() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let ids: Vec<String> = (0..3).map(|i| cluster.id(i)).collect();
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let client = cluster.client().await;
+        writers.push(tokio::spawn(async move {
+            for i in 0..25 {
+                // A write that loses to a concurrent newer one may fail as stale; that is fine.
+                let _ = client.put("contended", format!("writer {writer} write {i}")).await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let client = cluster.client().await;
+    let agreed = wait_until("replicas agree", DEADLINE, || async {
+        let held = copies(&client, &ids, "contended").await;
+        let versions: Vec<_> = held.iter().map(|r| r.as_ref().map(|r| r.version)).collect();
+        match versions.iter().all(|v| v.is_some() && *v == versions[0]) {
+            true => Ok(held[0].clone()),
+            false => Err(format!("{versions:?}")),
+        }
+    })
+    .await;
+    let read = client.get("contended").await.unwrap().unwrap();
+    assert_eq!(
+        Some(read.version),
+        agreed.map(|r| r.version),
+        "a quorum read returns the agreed version"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_with_three_replicas_serve_every_n() {
+    let shape = Shape {
+        nodes: 5,
+        ..Shape::three()
+    };
+    let cluster = TestCluster::start(shape).await;
+    let client = cluster.client().await;
+    let ids: Vec<String> = (0..5).map(|i| cluster.id(i)).collect();
+    for n in 1..=3 {
+        for i in 0..20 {
+            let key = format!("n{n}-key{i}");
+            client
+                .put_with(key.clone(), format!("value {i}"), &w(n, n))
+                .await
+                .unwrap();
+            let found = client.get_with(key.clone(), &r(n, n)).await.unwrap();
+            assert_eq!(found.unwrap().value, format!("value {i}"), "n={n} {key}");
+            let holders = copies(&client, &ids, &key).await.iter().filter(|c| c.is_some()).count();
+            assert_eq!(holders, n, "with w = n, exactly the first n replicas of {key} hold it");
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_invalid_requests_are_refused_before_sending() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    let long_key = vec![b'k'; 1025];
+    let err = client.put(long_key.clone(), "v").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::TooLarge {
+                what: "key",
+                len: 1025,
+                max: 1024
+            }
+        ),
+        "{err}"
+    );
+    let err = client.get(long_key).await.unwrap_err();
+    assert!(matches!(err, ClientError::TooLarge { what: "key", .. }), "{err}");
+    let huge = vec![0u8; (4 << 20) + 1];
+    let err = client.put("k", huge).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("value of 4194305 bytes exceeds the cluster limit"),
+        "{err}"
+    );
+    for (options, expected) in [
+        (w(3, 4), "w = 4 exceeds n = 3"),
+        (w(4, 2), "n = 4 exceeds"),
+        (w(0, 1), "n must be"),
+    ] {
+        let err = client.put_with("k", "v", &options).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    let err = client.get_with("k", &r(2, 3)).await.unwrap_err();
+    assert!(err.to_string().contains("r = 3 exceeds n = 2"), "{err}");
+    assert_eq!(
+        client.get("k").await.unwrap(),
+        None,
+        "nothing was written by refused requests"
+    );
+    cluster.shutdown().await;
+}
+
+/// A clock running ahead of the nodes' clocks.
+struct AheadClock(u64);
+
+impl Clock for AheadClock {
+    fn now_micros(&self) -> u64 {
+        quorumkv_client::clock::SystemClock.now_micros() + self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_too_far_in_the_future_are_refused() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let mut config = cluster.client_config();
+    config.clock = Arc::new(AheadClock(60_000_000));
+    let client = Client::connect(config).await.unwrap();
+    let err = client.put("k", "from the future").await.unwrap_err();
+    let ClientError::Unavailable { failures, acked: 0, .. } = &err else {
+        panic!("{err}")
+    };
+    let skew_refusals = failures
+        .iter()
+        .filter(|f| matches!(&f.reason, FailureReason::Refused(reply) if reply.message.contains("ahead of this node's clock")))
+        .count();
+    assert!(
+        skew_refusals >= 2,
+        "the replicas that answered refused the version: {err}"
+    );
+    assert_eq!(cluster.client().await.get("k").await.unwrap(), None);
+    cluster.shutdown().await;
+}

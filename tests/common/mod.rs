@@ -1,0 +1,187 @@
+//! The one test harness: real nodes (QUIC, TLS, fjall) on 127.0.0.1 with free ports.
+//!
+//! `TestCluster::start` binds every node's UDP socket first (port 0), writes a
+//! cluster.toml with the addresses it got into a temporary directory, and starts the nodes
+//! in-process on those sockets. Verbs: `stop`, `restart`, `client`, `get_from`;
+//! `wait_until` polls a condition with a deadline and reports the last state seen.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorumkv::config::ClusterConfig;
+use quorumkv::node::{Node, NodeParts};
+use quorumkv::pki;
+use quorumkv_client::net::bind_udp;
+use quorumkv_client::{Client, ClientConfig, Record, TlsIdentity};
+
+/// Shape of a test cluster.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub nodes: usize,
+    pub replication_factor: usize,
+    pub n: usize,
+    pub w: usize,
+    pub r: usize,
+    pub timeout_ms: u64,
+}
+
+impl Shape {
+    /// Three nodes, three replicas, n=3 w=2 r=2, short timeout so failure tests are quick.
+    pub fn three() -> Shape {
+        Shape {
+            nodes: 3,
+            replication_factor: 3,
+            n: 3,
+            w: 2,
+            r: 2,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+/// A cluster.toml for `addrs`, in a form tests can also edit.
+pub fn config_text(shape: &Shape, addrs: &[SocketAddr]) -> String {
+    let mut text = format!(
+        "data_dir = \"data\"\npartitions = 256\nreplication_factor = {}\n\n[defaults]\nn = {}\nw = {}\nr = {}\ntimeout_ms = {}\n",
+        shape.replication_factor, shape.n, shape.w, shape.r, shape.timeout_ms
+    );
+    for (i, addr) in addrs.iter().enumerate() {
+        text.push_str(&format!("\n[[nodes]]\nid = \"n{}\"\naddr = \"{addr}\"\n", i + 1));
+    }
+    text
+}
+
+/// Real nodes on loopback, in this process.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: ClusterConfig,
+    nodes: Vec<Option<Node>>,
+}
+
+impl TestCluster {
+    pub async fn start(shape: Shape) -> TestCluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sockets: Vec<std::net::UdpSocket> = (0..shape.nodes)
+            .map(|_| bind_udp("127.0.0.1:0".parse().unwrap()).expect("bind"))
+            .collect();
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, config_text(&shape, &addrs)).unwrap();
+        let config = ClusterConfig::load(&config_path).expect("valid test config");
+        let mut cluster = TestCluster {
+            dir,
+            config_path,
+            config,
+            nodes: Vec::new(),
+        };
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let node = cluster.start_node(i, Some(socket)).await;
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    pub fn id(&self, i: usize) -> String {
+        self.config.nodes[i].id.clone()
+    }
+
+    async fn start_node(&self, i: usize, socket: Option<std::net::UdpSocket>) -> Node {
+        let id = self.id(i);
+        let socket = match socket {
+            Some(s) => s,
+            None => rebind(self.config.nodes[i].addr).await,
+        };
+        let parts = NodeParts::real(&self.config, &id, Some(socket)).expect("node parts");
+        Node::start(&self.config, &id, parts).expect("node start")
+    }
+
+    /// Stops node `i` gracefully (as on SIGTERM).
+    pub async fn stop(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("node is running");
+        node.shutdown().await.expect("clean shutdown");
+    }
+
+    /// Starts node `i` again on its address and data directory.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is still running");
+        let node = self.start_node(i, None).await;
+        self.nodes[i] = Some(node);
+    }
+
+    pub fn client_identity(&self) -> TlsIdentity {
+        let (tls_dir, generate) = self.config.tls_dir();
+        pki::identity(&tls_dir, "client", generate).expect("client identity")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let seeds = self.config.nodes.iter().map(|n| n.addr).collect();
+        ClientConfig::new(seeds, self.client_identity())
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config()).await.expect("client connects")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Shuts every running node down.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}
+
+/// Binds `addr` again after its previous owner closed it, retrying briefly while the
+/// kernel releases the port.
+pub async fn rebind(addr: SocketAddr) -> std::net::UdpSocket {
+    wait_until(&format!("rebinding {addr}"), Duration::from_secs(10), || async move {
+        bind_udp(addr).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Polls `check` until it returns `Ok`, or panics after `deadline` with the last error.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if start.elapsed() > deadline => {
+                panic!("{what}: not done after {deadline:?}; last state: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Every replica's own copy of `key`.
+pub async fn copies(client: &Client, ids: &[String], key: &str) -> Vec<Option<Record>> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(client.get_from(id, key.to_string()).await.unwrap_or(None));
+    }
+    out
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quorumkv=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
