@@ -1,0 +1,140 @@
+//! Raw protocol abuse against a real node: malformed frames, oversized frames, requests
+//! a well-behaved client would never send. The node answers with an error or closes that
+//! stream, and keeps serving the same connection and everyone else.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::{Shape, TestCluster};
+use quorumkv_client::net::bind_udp;
+use quorumkv_client::transport::FrameReader;
+use quorumkv_client::wire::{
+    decode, encode_frame, ErrorKind, Record, Request, RequestFrame, Response, ResponseFrame, FRAME_OVERHEAD,
+};
+use quorumkv_client::Version;
+
+/// A raw connection to node n1 with the cluster's client certificate.
+async fn raw_connection(cluster: &TestCluster) -> quinn::Connection {
+    let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let runtime = std::sync::Arc::new(quinn::TokioRuntime);
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
+    let tls = cluster.client_identity().client_config().unwrap();
+    let addr = cluster.config.nodes[0].addr;
+    endpoint
+        .connect_with(tls, addr, "n1")
+        .unwrap()
+        .await
+        .expect("TLS handshake with n1")
+}
+
+/// Sends `bytes` on a new stream (then finishes it) and returns every response frame.
+async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Vec<ResponseFrame> {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let _ = send.finish();
+    let mut reader = FrameReader::new(recv, 1 << 20);
+    let mut frames = Vec::new();
+    while let Ok(Some(body)) = reader.next_frame().await {
+        frames.push(decode::<ResponseFrame>(&body).expect("node sends valid frames"));
+    }
+    frames
+}
+
+fn frame(request: Request) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode_frame(&RequestFrame { id: 9, request }, &mut out).unwrap();
+    out
+}
+
+fn assert_error(frames: &[ResponseFrame], kind: ErrorKind) {
+    let found = frames
+        .iter()
+        .any(|f| matches!(&f.response, Response::Error(e) if e.kind == kind));
+    assert!(found, "expected a {kind:?} error, got {frames:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_their_stream() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let conn = raw_connection(&cluster).await;
+
+    let garbage = [5u8, 0, 0, 0, 0xc1, 0xff, 0xfe, 0x00, 0x13];
+    assert_error(&exchange(&conn, &garbage).await, ErrorKind::Malformed);
+
+    let oversized = (1u32 << 30).to_le_bytes();
+    assert_error(&exchange(&conn, &oversized).await, ErrorKind::Malformed);
+
+    let mut truncated = frame(Request::Members);
+    truncated.truncate(truncated.len() - 3);
+    assert_error(&exchange(&conn, &truncated).await, ErrorKind::Malformed);
+
+    let mut wrong_type = BytesMut::new();
+    encode_frame(
+        &ResponseFrame {
+            id: 1,
+            response: Response::Record(None),
+        },
+        &mut wrong_type,
+    )
+    .unwrap();
+    assert_error(&exchange(&conn, &wrong_type).await, ErrorKind::Malformed);
+
+    // The same connection still serves a valid request on a new stream.
+    let members = exchange(&conn, &frame(Request::Members)).await;
+    assert!(
+        matches!(
+            &members[..],
+            [ResponseFrame {
+                id: 9,
+                response: Response::Members(_)
+            }]
+        ),
+        "{members:?}"
+    );
+
+    // And other clients are unaffected.
+    let client = cluster.client().await;
+    client.put("still", "serving").await.unwrap();
+    assert_eq!(client.get("still").await.unwrap().unwrap().value, "serving");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_client_would_refuse_are_refused_by_the_node_too() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    let epoch = client.ring().epoch();
+    let conn = raw_connection(&cluster).await;
+    let record = |len: usize| Record {
+        version: Version { micros: 1, writer: 1 },
+        value: Some(Bytes::from(vec![1u8; len])),
+    };
+
+    let long_key = Request::Put {
+        epoch,
+        key: Bytes::from(vec![b'k'; 2000]),
+        record: record(1),
+    };
+    assert_error(&exchange(&conn, &frame(long_key)).await, ErrorKind::TooLarge);
+
+    let max_value = cluster.config.limits.max_value_bytes;
+    assert!(
+        max_value + 1 + 64 < max_value + FRAME_OVERHEAD,
+        "fits in a frame, but not in the limit"
+    );
+    let long_value = Request::Put {
+        epoch,
+        key: Bytes::from_static(b"k"),
+        record: record(max_value + 1),
+    };
+    assert_error(&exchange(&conn, &frame(long_value)).await, ErrorKind::TooLarge);
+
+    let stale_epoch = Request::Get {
+        epoch: epoch ^ 1,
+        key: Bytes::from_static(b"k"),
+    };
+    assert_error(&exchange(&conn, &frame(stale_epoch)).await, ErrorKind::StaleEpoch);
+
+    assert_eq!(client.get("k").await.unwrap(), None, "nothing refused was stored");
+    cluster.shutdown().await;
+}

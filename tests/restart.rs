@@ -1,0 +1,184 @@
+//! Durability through the real binary: nodes killed with SIGKILL while writes are in
+//! flight keep every write they acknowledged (sync mode), and serve it after restart.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{config_text, wait_until, Shape};
+use quorumkv_client::net::bind_udp;
+use quorumkv_client::{Client, ClientConfig, Version, WriteOptions};
+
+/// `quorumkv node` processes, killed with SIGKILL when dropped.
+struct Processes {
+    config: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Processes {
+    fn start(config: &Path, ids: &[String]) -> Processes {
+        let mut p = Processes {
+            config: config.to_path_buf(),
+            children: Vec::new(),
+        };
+        for id in ids {
+            p.children.push(spawn_node(&p.config, id));
+        }
+        p
+    }
+
+    fn kill_all(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn spawn_node(config: &Path, id: &str) -> Child {
+    let log = std::fs::File::create(config.with_file_name(format!("{id}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        .args(["node", "--id", id, "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn quorumkv node")
+}
+
+/// Free loopback UDP addresses (bound together, then released for the nodes).
+fn free_addrs(count: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<_> = (0..count)
+        .map(|_| bind_udp("127.0.0.1:0".parse().unwrap()).unwrap())
+        .collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+async fn connect(config: &ClientConfig) -> Client {
+    wait_until("nodes accept clients", Duration::from_secs(30), || async {
+        Client::connect(config.clone()).await.map_err(|e| e.to_string())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_write() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("cluster.toml");
+    let shape = Shape::three();
+    std::fs::write(&config_path, config_text(&shape, &free_addrs(3))).unwrap();
+    let config = quorumkv::config::ClusterConfig::load(&config_path).unwrap();
+    let ids = config.node_ids();
+    let (tls_dir, _) = config.tls_dir();
+    // As the CLI does: the first user of the development CA creates it.
+    let identity = quorumkv::pki::identity(&tls_dir, "client", true).unwrap();
+    let mut nodes = Processes::start(&config_path, &ids);
+    let client_config = ClientConfig::new(config.nodes.iter().map(|n| n.addr).collect(), identity);
+    let client = connect(&client_config).await;
+
+    // Writers keep going while the nodes are killed; only what was acknowledged counts.
+    let acked: Arc<Mutex<Vec<(String, Version)>>> = Arc::default();
+    let all_three = WriteOptions {
+        w: Some(3),
+        ..Default::default()
+    };
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let (client, acked) = (client.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("w{writer}-k{i}");
+                match client
+                    .put_with(key.clone(), format!("value of {key}"), &all_three)
+                    .await
+                {
+                    Ok(version) => acked.lock().unwrap().push((key, version)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    wait_until("400 writes acknowledged", Duration::from_secs(60), || async {
+        let n = acked.lock().unwrap().len();
+        if n >= 400 {
+            Ok(())
+        } else {
+            Err(format!("{n} acknowledged"))
+        }
+    })
+    .await;
+    nodes.kill_all();
+    let acked: Vec<(String, Version)> = acked.lock().unwrap().clone();
+    for writer in writers {
+        writer.abort();
+    }
+
+    let _nodes = Processes::start(&config_path, &ids);
+    let client = connect(&client_config).await;
+    for (key, version) in &acked {
+        for id in &ids {
+            let copy = client.get_from(id, key.clone()).await.expect("node answers");
+            let copy = copy.unwrap_or_else(|| panic!("{id} lost acknowledged write {key}"));
+            assert!(copy.version >= *version, "{id} holds an older version of {key}");
+            assert_eq!(copy.value.unwrap(), format!("value of {key}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_local_cluster_cleanly() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("cluster.toml");
+    std::fs::write(&config_path, config_text(&Shape::three(), &free_addrs(3))).unwrap();
+    let config = quorumkv::config::ClusterConfig::load(&config_path).unwrap();
+    let identity = quorumkv::pki::identity(&config.tls_dir().0, "client", true).unwrap();
+    let client_config = ClientConfig::new(config.nodes.iter().map(|n| n.addr).collect(), identity);
+    let log_path = dir.path().join("up.log");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        .args(["up", "--config", config_path.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = connect(&client_config).await;
+    client.put("survives", "shutdown").await.unwrap();
+
+    let term = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = wait_until("quorumkv up exits after SIGTERM", Duration::from_secs(30), || {
+        let exited = up.try_wait();
+        async move {
+            match exited {
+                Ok(Some(status)) => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    for id in ["n1", "n2", "n3"] {
+        assert!(
+            log.contains(&format!("node {id} stopped")),
+            "{id} shut down in order; log:\n{log}"
+        );
+    }
+
+    let _nodes = Processes::start(&config_path, &config.node_ids());
+    let client = connect(&client_config).await;
+    assert_eq!(client.get("survives").await.unwrap().unwrap().value, "shutdown");
+}
