@@ -61,6 +61,8 @@ enum Command {
         #[command(flatten)]
         quorum: WriteArgs,
     },
+    /// Load generator: run workloads against the cluster and report latency percentiles.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 

@@ -6,6 +6,7 @@
 //! The CLI lives in [`cli`]. Everything clients and nodes share (messages, ring,
 //! versions, TLS) is in the `quorumkv-client` crate.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod node;
