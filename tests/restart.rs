@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config_text, wait_until, Shape};
-use quorumkv_client::net::bind_udp;
+use common::{config_text, free_addrs, wait_until, Shape};
 use quorumkv_client::{Client, ClientConfig, Version, WriteOptions};
 
 /// `quorumkv node` processes, killed with SIGKILL when dropped.
@@ -54,14 +52,6 @@ fn spawn_node(config: &Path, id: &str) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn quorumkv node")
-}
-
-/// Free loopback UDP addresses (bound together, then released for the nodes).
-fn free_addrs(count: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<_> = (0..count)
-        .map(|_| bind_udp("127.0.0.1:0".parse().unwrap()).unwrap())
-        .collect();
-    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
 }
 
 async fn connect(config: &ClientConfig) -> Client {

@@ -54,6 +54,14 @@ pub fn config_text(shape: &Shape, addrs: &[SocketAddr]) -> String {
     text
 }
 
+/// Free loopback UDP addresses (bound together, then released for the nodes).
+pub fn free_addrs(count: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<_> = (0..count)
+        .map(|_| bind_udp("127.0.0.1:0".parse().unwrap()).unwrap())
+        .collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
 /// Real nodes on loopback, in this process.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
