@@ -108,6 +108,7 @@ impl WriteArgs {
             n: self.n,
             w: self.w,
             timeout: self.timeout_ms.map(Duration::from_millis),
+            ..Default::default()
         }
     }
 }
@@ -118,6 +119,7 @@ impl ReadArgs {
             n: self.n,
             r: self.r,
             timeout: self.timeout_ms.map(Duration::from_millis),
+            ..Default::default()
         }
     }
 }

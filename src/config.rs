@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     /// When writes reach the disk.
     #[serde(default)]
     pub durability: Durability,
+    /// Read repair, anti-entropy, hinted handoff, failure detection and tombstones.
+    #[serde(default)]
+    pub convergence: Convergence,
     /// Certificates; when absent, a development CA is generated under `data_dir/tls`.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -108,6 +111,47 @@ impl Default for Durability {
         Durability {
             mode: DurabilityMode::Sync,
             interval_ms: 100,
+        }
+    }
+}
+
+/// How replicas come back into agreement after faults.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Convergence {
+    /// Pause between anti-entropy rounds (each round compares every shared partition with
+    /// every peer that is up); a random jitter of up to a quarter is added.
+    pub anti_entropy_interval_ms: u64,
+    /// Most records one node pushes or pulls per second through anti-entropy.
+    pub anti_entropy_keys_per_sec: u64,
+    /// Most record bytes one node pushes or pulls per second through anti-entropy.
+    pub anti_entropy_bytes_per_sec: u64,
+    /// Whether clients hand writes for unreachable replicas to a fallback node.
+    pub hinted_handoff: bool,
+    /// Most hints a node holds for one other node; beyond it anti-entropy repairs.
+    pub max_hints_per_node: u64,
+    /// How often a node delivers the hints it holds to owners that are up.
+    pub hint_delivery_interval_ms: u64,
+    /// A tombstone is purged once every replica is known to hold it and it is this old.
+    pub tombstone_grace_ms: u64,
+    /// Interval of the pings between nodes.
+    pub ping_interval_ms: u64,
+    /// A peer that misses this many pings in a row is marked down.
+    pub down_after_missed_pings: u32,
+}
+
+impl Default for Convergence {
+    fn default() -> Self {
+        Convergence {
+            anti_entropy_interval_ms: 10_000,
+            anti_entropy_keys_per_sec: 20_000,
+            anti_entropy_bytes_per_sec: 32 << 20,
+            hinted_handoff: true,
+            max_hints_per_node: 1_000_000,
+            hint_delivery_interval_ms: 1_000,
+            tombstone_grace_ms: 86_400_000,
+            ping_interval_ms: 1_000,
+            down_after_missed_pings: 3,
         }
     }
 }
@@ -276,6 +320,20 @@ impl ClusterConfig {
         if self.durability.mode == DurabilityMode::Periodic && self.durability.interval_ms == 0 {
             problems.push("durability.interval_ms = 0: periodic mode needs a positive interval, e.g. 100".into());
         }
+        let c = self.convergence;
+        let positive = [
+            ("anti_entropy_interval_ms", c.anti_entropy_interval_ms, "10000"),
+            ("anti_entropy_keys_per_sec", c.anti_entropy_keys_per_sec, "20000"),
+            ("anti_entropy_bytes_per_sec", c.anti_entropy_bytes_per_sec, "33554432"),
+            ("hint_delivery_interval_ms", c.hint_delivery_interval_ms, "1000"),
+            ("ping_interval_ms", c.ping_interval_ms, "1000"),
+            ("down_after_missed_pings", c.down_after_missed_pings as u64, "3"),
+        ];
+        for (name, value, example) in positive {
+            if value == 0 {
+                problems.push(format!("convergence.{name} = 0: must be positive, e.g. {example}"));
+            }
+        }
     }
 
     fn validate_nodes(&self, problems: &mut Vec<String>) {
@@ -363,6 +421,7 @@ impl ClusterConfig {
             },
             max_key_bytes: self.limits.max_key_bytes,
             max_value_bytes: self.limits.max_value_bytes,
+            hinted_handoff: self.convergence.hinted_handoff,
         }
     }
 }

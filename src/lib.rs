@@ -1,18 +1,29 @@
 //! quorumkv: the node.
 //!
 //! A node serves one member of a cluster: it loads cluster.toml ([`config`]), keeps
-//! records in fjall ([`storage`]), answers client requests as a replica ([`replica`])
-//! over a QUIC endpoint ([`server`]), and is wired together and shut down by [`node`].
-//! The CLI lives in [`cli`]. Everything clients and nodes share (messages, ring,
-//! versions, TLS) is in the `quorumkv-client` crate.
+//! records, hints and Merkle trees in fjall ([`storage`], [`merkle`]), answers client
+//! requests as a replica ([`replica`]) and other nodes through the peer protocol
+//! ([`peer`]) over one QUIC endpoint ([`server`]), and converges with its peers in the
+//! background ([`antientropy`], [`hints`], [`tombstones`]). [`node`] wires it together
+//! and shuts it down; [`context`] is the state its services share. The CLI lives in
+//! [`cli`], the load generator in [`bench`], fault injection for tests in [`faults`].
+//! Everything clients and nodes share (messages, ring, versions, TLS) is in the
+//! `quorumkv-client` crate.
 
+pub mod antientropy;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod context;
+pub mod faults;
+pub mod hints;
+pub mod merkle;
 pub mod node;
+pub mod peer;
 pub mod pki;
 pub mod replica;
 pub mod server;
 pub mod storage;
+pub mod tombstones;
 
 pub use quorumkv_client::clock;

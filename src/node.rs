@@ -17,20 +17,24 @@ use quorumkv_client::clock::{system_clock, Clock};
 use quorumkv_client::net::bind_udp;
 use quorumkv_client::ring::Ring;
 use quorumkv_client::tls::TlsIdentity;
-use quorumkv_client::wire::FRAME_OVERHEAD;
+use quorumkv_client::wire::{FRAME_OVERHEAD, PEER_ALPN};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::antientropy::{Agreement, AntiEntropy};
 use crate::config::ClusterConfig;
-use crate::pki;
+use crate::context::NodeContext;
+use crate::peer::detector::ping_loop;
+use crate::peer::{peer_max_frame, peer_pool, FailureDetector, PeerService};
 use crate::replica::Replica;
 use crate::server::{accept_loop, ServerContext};
-use crate::storage::{FjallStorage, Storage};
+use crate::storage::{FjallStorage, Storage, StoreOptions};
+use crate::{hints, pki, tombstones};
 
 /// Longest wait for in-flight requests at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for peers to acknowledge the connection close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the node checks whether storage failed fatally.
 const POISON_CHECK: Duration = Duration::from_millis(500);
 
@@ -58,8 +62,14 @@ impl NodeParts {
         let identity = pki::identity(&tls_dir, id, generate).context("loading the node's TLS identity")?;
         let dir = config.node_dir(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let interval = Duration::from_millis(config.durability.interval_ms);
-        let storage = FjallStorage::open(&dir, config.durability.mode, interval)
+        let options = StoreOptions {
+            durability: config.durability.mode,
+            interval: Duration::from_millis(config.durability.interval_ms),
+            partitions: config.partitions,
+            max_hints_per_node: config.convergence.max_hints_per_node,
+        };
+        let clock = system_clock();
+        let storage = FjallStorage::open(&dir, options, clock.clone())
             .with_context(|| format!("opening storage in {}", dir.display()))?;
         let socket = match socket {
             Some(s) => s,
@@ -82,6 +92,8 @@ pub struct Node {
     id: String,
     endpoint: Endpoint,
     storage: Arc<dyn Storage>,
+    /// State shared by the node's services.
+    ctx: Arc<NodeContext>,
     /// Cancelled to begin shutdown (also by a fatal storage error).
     shutdown: CancellationToken,
     /// Every connection and request task.
@@ -92,21 +104,48 @@ impl Node {
     /// Starts node `id` of `config` on `parts`. Must run inside a tokio runtime.
     pub fn start(config: &ClusterConfig, id: &str, parts: NodeParts) -> anyhow::Result<Node> {
         let ring = Ring::new(&config.node_ids(), config.partitions, config.replication_factor)?;
-        let server_config = parts.identity.server_config()?;
+        let me = ring
+            .members()
+            .iter()
+            .position(|m| m == id)
+            .ok_or_else(|| anyhow!("{id:?} is not a member"))?;
         let endpoint = Endpoint::new_with_abstract_socket(
             EndpointConfig::default(),
-            Some(server_config),
+            Some(parts.identity.server_config()?),
             parts.socket,
             Arc::new(TokioRuntime),
         )
         .context("creating the QUIC endpoint")?;
-        let replica = Arc::new(Replica::new(config, &ring, parts.storage.clone(), parts.clock));
+        let peer_tls = parts.identity.client_config_for(PEER_ALPN)?;
+        let ctx = Arc::new(NodeContext {
+            id: id.to_string(),
+            me,
+            detector: Arc::new(FailureDetector::new(
+                config.node_ids(),
+                config.convergence.down_after_missed_pings,
+            )),
+            agreement: Arc::new(Agreement::default()),
+            peers: Arc::new(peer_pool(config, endpoint.clone(), peer_tls.clone())),
+            anti_entropy_peers: Arc::new(peer_pool(config, endpoint.clone(), peer_tls)),
+            storage: parts.storage.clone(),
+            clock: parts.clock.clone(),
+            convergence: config.convergence,
+            ring: ring.clone(),
+        });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let max_frame = config.limits.max_key_bytes + config.limits.max_value_bytes + FRAME_OVERHEAD;
-        let ctx = ServerContext::new(replica, shutdown.clone(), tracker.clone(), max_frame);
-        tracker.spawn(accept_loop(endpoint.clone(), ctx));
-        tracker.spawn(watch_storage(parts.storage.clone(), shutdown.clone()));
+        let replica = Arc::new(Replica::new(config, ctx.clone()));
+        let peers = Arc::new(PeerService::new(
+            parts.storage.clone(),
+            ctx.agreement.clone(),
+            parts.clock,
+            ring,
+        ));
+        let client_frame = config.limits.max_key_bytes + config.limits.max_value_bytes + FRAME_OVERHEAD;
+        let frames = (client_frame, peer_max_frame(config));
+        let server = ServerContext::new(replica, peers, shutdown.clone(), tracker.clone(), frames);
+        tracker.spawn(accept_loop(endpoint.clone(), server));
+        spawn_background(&ctx, &shutdown, &tracker);
         tracing::info!(
             "node {id} serving on {}",
             endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default()
@@ -115,6 +154,7 @@ impl Node {
             id: id.to_string(),
             endpoint,
             storage: parts.storage,
+            ctx,
             shutdown,
             tracker,
         })
@@ -135,6 +175,11 @@ impl Node {
         self.shutdown.cancelled().await
     }
 
+    /// State shared by the node's services (status, anti-entropy, ...).
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
     /// Whether storage failed fatally (the process should exit non-zero).
     pub fn storage_failed(&self) -> bool {
         self.storage.is_poisoned()
@@ -151,12 +196,52 @@ impl Node {
                 self.id
             );
         }
+        self.ctx.peers.close_all().await;
+        self.ctx.anti_entropy_peers.close_all().await;
         self.endpoint.close(0u32.into(), b"node shutting down");
         let flushed = self.storage.flush().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.endpoint.wait_idle()).await;
+        self.release_address();
         tracing::info!("node {} stopped", self.id);
         flushed.map_err(|e| anyhow!("final fsync failed: {e}"))
     }
+}
+
+impl Node {
+    /// Moves the endpoint to a throwaway socket so the node's address is free at once:
+    /// closed connections may linger (draining, or half-open handshakes from peers that
+    /// dialled while we were down) until their timeouts, and a node restarted in the same
+    /// process must be able to bind its address again.
+    fn release_address(&self) {
+        let Ok(addr) = self.endpoint.local_addr() else { return };
+        // quinn keeps the previous socket after a rebind until traffic arrives on the new
+        // one; a second rebind replaces that previous socket, which closes ours.
+        for _ in 0..2 {
+            let throwaway = std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0));
+            if let Err(e) = throwaway.and_then(|socket| self.endpoint.rebind(socket)) {
+                tracing::debug!("could not release {addr} early: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Starts the background services: pings, anti-entropy, hint delivery, tombstone purge
+/// and the storage watch. Each stops at `shutdown`.
+fn spawn_background(ctx: &Arc<NodeContext>, shutdown: &CancellationToken, tracker: &TaskTracker) {
+    let ping_interval = Duration::from_millis(ctx.convergence.ping_interval_ms);
+    let pings = ping_loop(
+        ctx.detector.clone(),
+        ctx.peers.clone(),
+        ctx.me,
+        ping_interval,
+        shutdown.clone(),
+    );
+    tracker.spawn(pings);
+    tracker.spawn(AntiEntropy::new(ctx.clone()).run(shutdown.clone()));
+    tracker.spawn(hints::delivery_loop(ctx.clone(), shutdown.clone()));
+    tracker.spawn(tombstones::purge_loop(ctx.clone(), shutdown.clone()));
+    tracker.spawn(watch_storage(ctx.storage.clone(), shutdown.clone()));
 }
 
 /// Begins shutdown if storage fails fatally: a poisoned fjall must not keep serving.

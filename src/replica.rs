@@ -2,23 +2,24 @@
 //!
 //! One exhaustive `match` hands each request to a short function: reads return the
 //! node's own record, writes go through storage's compare-and-write (a stale write is
-//! answered with the newer version it lost to), and `Members` describes the cluster.
-//! Requests are checked against the cluster's limits and the ring epoch first.
+//! answered with the newer version it lost to), hints are held for their owner,
+//! `Members` describes the cluster and `Status` this node's view of it. Requests are
+//! checked against the cluster's limits and the ring epoch first.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quorumkv_client::clock::Clock;
-use quorumkv_client::ring::Ring;
 use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, Record, Request, Response};
 
 use crate::config::ClusterConfig;
-use crate::storage::{Storage, StorageError};
+use crate::context::NodeContext;
+use crate::server::Handler;
+use crate::storage::{HintStored, StorageError};
 
 /// Answers client requests from this node's storage.
 pub struct Replica {
-    storage: Arc<dyn Storage>,
-    clock: Arc<dyn Clock>,
+    ctx: Arc<NodeContext>,
     /// The answer to `Members`, computed once.
     info: ClusterInfo,
     /// Epoch of this node's ring; requests routed with another are refused.
@@ -28,23 +29,29 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica for `config`, storing into `storage`.
-    pub fn new(config: &ClusterConfig, ring: &Ring, storage: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Replica {
+    /// A replica for `config` on the node of `ctx`.
+    pub fn new(config: &ClusterConfig, ctx: Arc<NodeContext>) -> Replica {
         Replica {
-            storage,
-            clock,
             info: config.cluster_info(),
-            epoch: ring.epoch(),
+            epoch: ctx.ring.epoch(),
             max_skew_micros: config.max_clock_skew().as_micros() as u64,
+            ctx,
         }
     }
 
     /// Answers one request.
-    pub async fn handle(&self, request: Request) -> Response {
+    pub async fn answer(&self, request: Request) -> Response {
         let result = match request {
             Request::Get { epoch, key } => self.get(epoch, key).await,
             Request::Put { epoch, key, record } => self.put(epoch, key, record).await,
+            Request::PutHint {
+                epoch,
+                owner,
+                key,
+                record,
+            } => self.put_hint(epoch, owner, key, record).await,
             Request::Members => Ok(Response::Members(self.info.clone())),
+            Request::Status => Ok(Response::Status(self.ctx.status())),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -52,32 +59,61 @@ impl Replica {
     async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
         self.check_epoch(epoch)?;
         self.check_len("key", key.len(), self.info.max_key_bytes)?;
-        let record = self.storage.get(key).await.map_err(storage_error)?;
+        let record = self.ctx.storage.get(key).await.map_err(storage_error)?;
         Ok(Response::Record(record))
     }
 
     async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
-        self.check_epoch(epoch)?;
-        self.check_len("key", key.len(), self.info.max_key_bytes)?;
-        let value_len = record.value.as_ref().map_or(0, Bytes::len);
-        self.check_len("value", value_len, self.info.max_value_bytes)?;
-        self.check_clock(&record)?;
-        let applied = self.storage.apply(key, record).await.map_err(storage_error)?;
+        self.check_write(epoch, &key, &record)?;
+        let applied = self.ctx.storage.apply(key, record).await.map_err(storage_error)?;
         Ok(Response::Put {
             applied: applied.applied,
             current: applied.current,
         })
     }
 
+    async fn put_hint(&self, epoch: u64, owner: String, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
+        self.check_write(epoch, &key, &record)?;
+        if self.ctx.member_index(&owner).is_none_or(|i| i == self.ctx.me) {
+            let message = format!("cannot hold a hint for {owner:?}: not another member");
+            return Err(reply(ErrorKind::UnknownNode, message));
+        }
+        let version = record.version;
+        match self
+            .ctx
+            .storage
+            .store_hint(owner.clone(), key, record)
+            .await
+            .map_err(storage_error)?
+        {
+            HintStored::Stored => Ok(Response::Put {
+                applied: true,
+                current: version,
+            }),
+            HintStored::Full => {
+                self.ctx.agreement.hints_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("hint store for {owner} is full; anti-entropy will repair it instead");
+                let message = format!("this node already holds the most hints allowed for {owner}");
+                Err(reply(ErrorKind::HintsFull, message))
+            }
+        }
+    }
+
+    fn check_write(&self, epoch: u64, key: &Bytes, record: &Record) -> Result<(), ErrorReply> {
+        self.check_epoch(epoch)?;
+        self.check_len("key", key.len(), self.info.max_key_bytes)?;
+        let value_len = record.value.as_ref().map_or(0, Bytes::len);
+        self.check_len("value", value_len, self.info.max_value_bytes)?;
+        self.check_clock(record)
+    }
+
     fn check_epoch(&self, epoch: u64) -> Result<(), ErrorReply> {
         if epoch != self.epoch {
-            return Err(reply(
-                ErrorKind::StaleEpoch,
-                format!(
-                    "request routed with ring epoch {epoch:016x}, this node has {:016x}: refresh the member list",
-                    self.epoch
-                ),
-            ));
+            let message = format!(
+                "request routed with ring epoch {epoch:016x}, this node has {:016x}: refresh the member list",
+                self.epoch
+            );
+            return Err(reply(ErrorKind::StaleEpoch, message));
         }
         Ok(())
     }
@@ -93,20 +129,31 @@ impl Replica {
     }
 
     fn check_clock(&self, record: &Record) -> Result<(), ErrorReply> {
-        let now = self.clock.now_micros();
+        let now = self.ctx.clock.now_micros();
         let lead = record.version.micros.saturating_sub(now);
         if lead > self.max_skew_micros {
-            return Err(reply(
-                ErrorKind::ClockSkew,
-                format!(
-                    "version {} is {} ms ahead of this node's clock (limit {} ms): check the writer's clock",
-                    record.version,
-                    lead / 1000,
-                    self.max_skew_micros / 1000
-                ),
-            ));
+            let message = format!(
+                "version {} is {} ms ahead of this node's clock (limit {} ms): check the writer's clock",
+                record.version,
+                lead / 1000,
+                self.max_skew_micros / 1000
+            );
+            return Err(reply(ErrorKind::ClockSkew, message));
         }
         Ok(())
+    }
+}
+
+impl Handler for Replica {
+    type Request = Request;
+    type Response = Response;
+
+    async fn handle(self: Arc<Self>, request: Request) -> Response {
+        self.answer(request).await
+    }
+
+    fn malformed(&self, why: String) -> Response {
+        Response::Error(reply(ErrorKind::Malformed, why))
     }
 }
 

@@ -1,22 +1,27 @@
 //! The node's QUIC endpoint: accepts connections and streams, decodes request frames,
-//! hands them to the [`Replica`] concurrently and writes the responses back.
+//! hands them to the right [`Handler`] concurrently and writes the responses back.
 //!
+//! A connection speaks the client protocol or the peer protocol, chosen by its ALPN.
 //! Every stream is read frame by frame; each request runs as its own tracked task (so a
 //! slow write does not hold up a read behind it) and its response goes through the
 //! stream's coalescing writer. A malformed or oversized frame gets an error frame with
-//! id 0 and ends that stream only: the connection and everyone else carry on. In-flight
-//! requests are bounded by a semaphore.
+//! id 0 and ends that stream only: the connection and everyone else carry on. Requests in
+//! flight are bounded by a semaphore.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, Incoming, SendStream};
 use quorumkv_client::transport::{spawn_frame_writer, FrameReader, ReadFrameError};
-use quorumkv_client::wire::{decode, frame_bytes, ErrorKind, ErrorReply, RequestFrame, Response, ResponseFrame};
+use quorumkv_client::wire::{decode, frame_bytes, Frame, PEER_ALPN};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::peer::PeerService;
 use crate::replica::Replica;
 
 /// Requests a node works on at once; more wait for a permit (backpressure on readers).
@@ -28,30 +33,55 @@ const BAD_FRAME: u32 = 1;
 /// Id of a response that answers no particular request (the frame was unreadable).
 const NO_REQUEST: u64 = 0;
 
+/// Answers the requests of one protocol.
+pub trait Handler: Send + Sync + 'static {
+    /// The protocol's requests.
+    type Request: DeserializeOwned + Send + 'static;
+    /// The protocol's responses.
+    type Response: Serialize + Send + 'static;
+    /// Answers one request.
+    fn handle(self: Arc<Self>, request: Self::Request) -> impl Future<Output = Self::Response> + Send;
+    /// The response to a frame that could not be read.
+    fn malformed(&self, why: String) -> Self::Response;
+}
+
 /// Everything a connection handler needs, shared by all of them.
 #[derive(Clone)]
 pub struct ServerContext {
-    /// Answers requests.
+    /// Answers client requests.
     pub replica: Arc<Replica>,
+    /// Answers node-to-node requests.
+    pub peers: Arc<PeerService>,
     /// Cancelled when the node shuts down: stop accepting and reading.
     pub shutdown: CancellationToken,
     /// Tracks every connection and request task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Bounds requests in flight.
     pub in_flight: Arc<Semaphore>,
-    /// Largest request frame accepted.
+    /// Largest client request frame accepted.
     pub max_frame: usize,
+    /// Largest peer request frame accepted.
+    pub max_peer_frame: usize,
 }
 
 impl ServerContext {
     /// A context with the default in-flight bound.
-    pub fn new(replica: Arc<Replica>, shutdown: CancellationToken, tracker: TaskTracker, max_frame: usize) -> Self {
+    pub fn new(
+        replica: Arc<Replica>,
+        peers: Arc<PeerService>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        (max_frame, max_peer_frame): (usize, usize),
+    ) -> Self {
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         ServerContext {
             replica,
+            peers,
             shutdown,
             tracker,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight,
             max_frame,
+            max_peer_frame,
         }
     }
 }
@@ -76,10 +106,22 @@ async fn serve_connection(incoming: Incoming, ctx: ServerContext) {
             return;
         }
     };
-    accept_streams(conn, ctx).await;
+    if alpn(&conn).as_deref() == Some(PEER_ALPN) {
+        let (handler, max_frame) = (ctx.peers.clone(), ctx.max_peer_frame);
+        accept_streams(conn, handler, max_frame, ctx).await;
+    } else {
+        let (handler, max_frame) = (ctx.replica.clone(), ctx.max_frame);
+        accept_streams(conn, handler, max_frame, ctx).await;
+    }
 }
 
-async fn accept_streams(conn: Connection, ctx: ServerContext) {
+fn alpn(conn: &Connection) -> Option<Vec<u8>> {
+    let data = conn.handshake_data()?;
+    let data = data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    data.protocol
+}
+
+async fn accept_streams<H: Handler>(conn: Connection, handler: Arc<H>, max_frame: usize, ctx: ServerContext) {
     loop {
         let stream = tokio::select! {
             stream = conn.accept_bi() => stream,
@@ -87,7 +129,9 @@ async fn accept_streams(conn: Connection, ctx: ServerContext) {
         };
         match stream {
             Ok((send, recv)) => {
-                ctx.tracker.spawn(serve_stream(send, recv, ctx.clone()));
+                let reader = FrameReader::new(recv, max_frame);
+                ctx.tracker
+                    .spawn(serve_stream(send, reader, handler.clone(), ctx.clone()));
             }
             Err(e) => {
                 tracing::debug!("connection from {} ended: {e}", conn.remote_address());
@@ -98,9 +142,8 @@ async fn accept_streams(conn: Connection, ctx: ServerContext) {
 }
 
 /// Reads request frames until the stream ends, a bad frame arrives or shutdown begins.
-async fn serve_stream(send: SendStream, recv: RecvStream, ctx: ServerContext) {
+async fn serve_stream<H: Handler>(send: SendStream, mut reader: FrameReader, handler: Arc<H>, ctx: ServerContext) {
     let responses = spawn_frame_writer(send, RESPONSE_QUEUE);
-    let mut reader = FrameReader::new(recv, ctx.max_frame);
     loop {
         let next = tokio::select! {
             next = reader.next_frame() => next,
@@ -113,30 +156,35 @@ async fn serve_stream(send: SendStream, recv: RecvStream, ctx: ServerContext) {
                 tracing::debug!("stream ended: {e}");
                 return;
             }
-            Err(e) => return reject_stream(&mut reader, &responses, e.to_string()).await,
+            Err(e) => return reject_stream(&mut reader, &responses, handler.malformed(e.to_string())).await,
         };
-        match decode::<RequestFrame>(&body) {
-            Ok(frame) => dispatch(frame, &ctx, &responses).await,
-            Err(e) => return reject_stream(&mut reader, &responses, e.to_string()).await,
+        match decode::<Frame<H::Request>>(&body) {
+            Ok(frame) => dispatch(frame, handler.clone(), &ctx, &responses).await,
+            Err(e) => return reject_stream(&mut reader, &responses, handler.malformed(e.to_string())).await,
         }
     }
 }
 
 /// Runs one request as a tracked task once a permit is free.
-async fn dispatch(frame: RequestFrame, ctx: &ServerContext, responses: &mpsc::Sender<Bytes>) {
+async fn dispatch<H: Handler>(
+    frame: Frame<H::Request>,
+    handler: Arc<H>,
+    ctx: &ServerContext,
+    responses: &mpsc::Sender<Bytes>,
+) {
     let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
         return;
     };
-    let (replica, responses) = (ctx.replica.clone(), responses.clone());
+    let responses = responses.clone();
     ctx.tracker.spawn(async move {
-        let response = replica.handle(frame.request).await;
+        let response = handler.handle(frame.body).await;
         send_response(&responses, frame.id, response).await;
         drop(permit);
     });
 }
 
-async fn send_response(responses: &mpsc::Sender<Bytes>, id: u64, response: Response) {
-    match frame_bytes(&ResponseFrame { id, response }) {
+async fn send_response<T: Serialize>(responses: &mpsc::Sender<Bytes>, id: u64, response: T) {
+    match frame_bytes(&Frame { id, body: response }) {
         Ok(bytes) => {
             let _ = responses.send(bytes).await;
         }
@@ -144,12 +192,8 @@ async fn send_response(responses: &mpsc::Sender<Bytes>, id: u64, response: Respo
     }
 }
 
-async fn reject_stream(reader: &mut FrameReader, responses: &mpsc::Sender<Bytes>, why: String) {
-    tracing::warn!("closing a stream after a bad frame: {why}");
-    let reply = ErrorReply {
-        kind: ErrorKind::Malformed,
-        message: why,
-    };
-    send_response(responses, NO_REQUEST, Response::Error(reply)).await;
+async fn reject_stream<T: Serialize>(reader: &mut FrameReader, responses: &mpsc::Sender<Bytes>, reply: T) {
+    tracing::warn!("closing a stream after a bad frame");
+    send_response(responses, NO_REQUEST, reply).await;
     reader.stop(BAD_FRAME);
 }

@@ -16,7 +16,7 @@ fn w(n: usize, w: usize) -> WriteOptions {
     WriteOptions {
         n: Some(n),
         w: Some(w),
-        timeout: None,
+        ..Default::default()
     }
 }
 
@@ -24,7 +24,7 @@ fn r(n: usize, r: usize) -> ReadOptions {
     ReadOptions {
         n: Some(n),
         r: Some(r),
-        timeout: None,
+        ..Default::default()
     }
 }
 

@@ -42,14 +42,14 @@ async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Vec<ResponseFrame> 
 
 fn frame(request: Request) -> BytesMut {
     let mut out = BytesMut::new();
-    encode_frame(&RequestFrame { id: 9, request }, &mut out).unwrap();
+    encode_frame(&RequestFrame { id: 9, body: request }, &mut out).unwrap();
     out
 }
 
 fn assert_error(frames: &[ResponseFrame], kind: ErrorKind) {
     let found = frames
         .iter()
-        .any(|f| matches!(&f.response, Response::Error(e) if e.kind == kind));
+        .any(|f| matches!(&f.body, Response::Error(e) if e.kind == kind));
     assert!(found, "expected a {kind:?} error, got {frames:?}");
 }
 
@@ -72,7 +72,7 @@ async fn malformed_frames_close_only_their_stream() {
     encode_frame(
         &ResponseFrame {
             id: 1,
-            response: Response::Record(None),
+            body: Response::Record(None),
         },
         &mut wrong_type,
     )
@@ -86,7 +86,7 @@ async fn malformed_frames_close_only_their_stream() {
             &members[..],
             [ResponseFrame {
                 id: 9,
-                response: Response::Members(_)
+                body: Response::Members(_)
             }]
         ),
         "{members:?}"

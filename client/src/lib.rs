@@ -32,9 +32,9 @@ pub mod transport;
 pub mod version;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, Versioned};
+pub use client::{Client, ClientConfig, ClientStats, Versioned};
 pub use error::{ClientError, FailureReason, ReplicaFailure};
-pub use options::{ReadOptions, WriteOptions};
+pub use options::{ReadOptions, RepairMode, WriteOptions};
 pub use tls::TlsIdentity;
 pub use version::Version;
 pub use wire::Record;

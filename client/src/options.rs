@@ -17,6 +17,23 @@ pub struct WriteOptions {
     pub w: Option<usize>,
     /// How long to wait for them.
     pub timeout: Option<Duration>,
+    /// Count acknowledgements of hints held by fallback nodes toward `w` (a "sloppy
+    /// quorum": more available, but a read of the `n` replicas may miss the write until
+    /// the hints are delivered).
+    pub sloppy: bool,
+}
+
+/// What a read does about replicas that answered with an older version or nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RepairMode {
+    /// Write the newest record back to them after the read returned (default).
+    #[default]
+    Background,
+    /// Repair the stale replicas among those that answered before returning: a later
+    /// quorum read then never returns an older version (monotonic quorum reads).
+    Blocking,
+    /// Leave them to anti-entropy.
+    Off,
 }
 
 /// Options of a read.
@@ -28,6 +45,8 @@ pub struct ReadOptions {
     pub r: Option<usize>,
     /// How long to wait for them.
     pub timeout: Option<Duration>,
+    /// Read repair of the replicas that answered with an older version.
+    pub repair: RepairMode,
 }
 
 /// A validated request shape: contact `n` replicas, wait for `needed` of them.
@@ -115,7 +134,12 @@ mod tests {
     };
 
     fn write(n: Option<usize>, w: Option<usize>) -> Result<QuorumPlan, ClientError> {
-        WriteOptions { n, w, timeout: None }.plan(&DEFAULTS, 3)
+        WriteOptions {
+            n,
+            w,
+            ..Default::default()
+        }
+        .plan(&DEFAULTS, 3)
     }
 
     #[test]
@@ -128,7 +152,7 @@ mod tests {
         let read = ReadOptions {
             n: Some(2),
             r: Some(2),
-            timeout: None,
+            ..Default::default()
         }
         .plan(&DEFAULTS, 3)
         .unwrap();

@@ -42,6 +42,11 @@ impl QuorumTracker {
         self.state()
     }
 
+    /// One more answer will come (a fallback's, for a sloppy write).
+    pub fn expect_one_more(&mut self) {
+        self.contacted += 1;
+    }
+
     /// Records a failure.
     pub fn fail(&mut self, failure: ReplicaFailure) -> QuorumState {
         self.failures.push(failure);

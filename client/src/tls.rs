@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::wire::ALPN;
+use crate::wire::{ALPN, PEER_ALPN};
 
 /// Keep-alive well below the idle timeout so quiet connections stay open.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -97,22 +97,29 @@ impl TlsIdentity {
         Ok(roots)
     }
 
-    /// QUIC client configuration: verify the node against the CA, present our certificate.
+    /// QUIC client configuration for the client protocol: verify the node against the CA,
+    /// present our certificate.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        self.client_config_for(ALPN)
+    }
+
+    /// QUIC client configuration speaking the protocol named by `alpn`.
+    pub fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
         let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(config_error)?;
-        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        crypto.alpn_protocols = vec![alpn.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(config_error)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport_config());
         Ok(config)
     }
 
-    /// QUIC server configuration: require a client certificate signed by the CA.
+    /// QUIC server configuration: require a client certificate signed by the CA; speak
+    /// the client and the node-to-node protocols.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
             .build()
@@ -123,7 +130,7 @@ impl TlsIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(config_error)?;
-        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        crypto.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(config_error)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(transport_config());

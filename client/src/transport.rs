@@ -15,7 +15,10 @@ use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wire::{decode, encode_frame, split_frame, FrameError, Request, RequestFrame, Response, ResponseFrame};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire::{decode, encode_frame, split_frame, Frame, FrameError};
 
 /// Long-lived streams per connection.
 pub const LANES: usize = 2;
@@ -122,33 +125,57 @@ pub fn spawn_frame_writer(mut send: SendStream, queue: usize) -> mpsc::Sender<By
     tx
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Bytes of frames sent and received over a set of connections.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Frame bytes sent (length prefixes included).
+    pub sent: AtomicU64,
+    /// Frame bytes received (length prefixes included).
+    pub received: AtomicU64,
+}
+
+impl Traffic {
+    fn count_sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_received(&self, bytes: usize) {
+        self.received
+            .fetch_add((bytes + crate::wire::LENGTH_PREFIX) as u64, Ordering::Relaxed);
+    }
+}
+
+type Pending<A> = Arc<Mutex<HashMap<u64, oneshot::Sender<A>>>>;
 
 /// One long-lived stream and the requests waiting for answers on it.
-struct Lane {
+struct Lane<A> {
     frames: mpsc::Sender<Bytes>,
-    pending: Pending,
+    pending: Pending<A>,
     /// Set once the reader stopped; the lane takes no more requests.
     closed: Arc<AtomicBool>,
 }
 
-/// A client connection to one node with a pool of multiplexed streams.
-pub struct MuxConnection {
+/// A connection to one node with a pool of multiplexed streams, carrying requests of
+/// type `Q` answered by responses of type `A`.
+pub struct MuxConnection<Q, A> {
     conn: Connection,
-    lanes: Vec<Lane>,
+    lanes: Vec<Lane<A>>,
     next_lane: AtomicUsize,
     next_id: AtomicU64,
     /// Largest response frame accepted.
     max_frame: usize,
+    /// Counts the bytes this connection carries.
+    traffic: Arc<Traffic>,
+    _requests: std::marker::PhantomData<fn(Q)>,
 }
 
-impl MuxConnection {
+impl<Q: Serialize, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
     /// Opens the lanes on an established connection.
-    pub async fn open(conn: Connection, max_frame: usize) -> Result<MuxConnection, TransportError> {
+    pub async fn open(conn: Connection, max_frame: usize, traffic: Arc<Traffic>) -> Result<Self, TransportError> {
         let mut lanes = Vec::with_capacity(LANES);
         for _ in 0..LANES {
             let (send, recv) = conn.open_bi().await.map_err(|e| TransportError::Lost(e.to_string()))?;
-            lanes.push(Lane::start(send, recv, max_frame));
+            lanes.push(Lane::start(send, recv, max_frame, traffic.clone()));
         }
         Ok(MuxConnection {
             conn,
@@ -156,6 +183,8 @@ impl MuxConnection {
             next_lane: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_frame,
+            traffic,
+            _requests: std::marker::PhantomData,
         })
     }
 
@@ -170,10 +199,11 @@ impl MuxConnection {
     }
 
     /// Sends `request` and waits for its response (no timeout: callers add their own).
-    pub async fn call(&self, request: Request) -> Result<Response, TransportError> {
+    pub async fn call(&self, request: Q) -> Result<A, TransportError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = BytesMut::new();
-        encode_frame(&RequestFrame { id, request }, &mut frame)?;
+        encode_frame(&Frame { id, body: request }, &mut frame)?;
+        self.traffic.count_sent(frame.len());
         if frame.len() > OWN_STREAM_THRESHOLD {
             return self.call_on_own_stream(frame.freeze()).await;
         }
@@ -181,7 +211,7 @@ impl MuxConnection {
         lane.call(id, frame.freeze()).await
     }
 
-    async fn call_on_own_stream(&self, frame: Bytes) -> Result<Response, TransportError> {
+    async fn call_on_own_stream(&self, frame: Bytes) -> Result<A, TransportError> {
         let lost = |e: &dyn std::fmt::Display| TransportError::Lost(e.to_string());
         let (mut send, recv) = self.conn.open_bi().await.map_err(|e| lost(&e))?;
         send.write_all(&frame).await.map_err(|e| lost(&e))?;
@@ -189,20 +219,18 @@ impl MuxConnection {
         let mut reader = FrameReader::new(recv, self.max_frame);
         let body = reader.next_frame().await.map_err(|e| lost(&e))?;
         let body = body.ok_or_else(|| TransportError::Lost("stream closed without an answer".into()))?;
-        Ok(decode::<ResponseFrame>(&body)?.response)
+        self.traffic.count_received(body.len());
+        Ok(decode::<Frame<A>>(&body)?.body)
     }
 }
 
-impl Lane {
-    fn start(send: SendStream, recv: RecvStream, max_frame: usize) -> Lane {
-        let pending: Pending = Arc::default();
+impl<A: DeserializeOwned + Send + 'static> Lane<A> {
+    fn start(send: SendStream, recv: RecvStream, max_frame: usize, traffic: Arc<Traffic>) -> Lane<A> {
+        let pending: Pending<A> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let frames = spawn_frame_writer(send, LANE_QUEUE);
-        tokio::spawn(read_responses(
-            FrameReader::new(recv, max_frame),
-            pending.clone(),
-            closed.clone(),
-        ));
+        let reader = FrameReader::new(recv, max_frame);
+        tokio::spawn(read_responses(reader, pending.clone(), closed.clone(), traffic));
         Lane {
             frames,
             pending,
@@ -210,7 +238,7 @@ impl Lane {
         }
     }
 
-    async fn call(&self, id: u64, frame: Bytes) -> Result<Response, TransportError> {
+    async fn call(&self, id: u64, frame: Bytes) -> Result<A, TransportError> {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         let _forget = ForgetOnDrop {
@@ -226,26 +254,32 @@ impl Lane {
 }
 
 /// Removes a request from the pending map when its caller stops waiting (timeout, drop).
-struct ForgetOnDrop<'a> {
-    pending: &'a Pending,
+struct ForgetOnDrop<'a, A> {
+    pending: &'a Pending<A>,
     id: u64,
 }
 
-impl Drop for ForgetOnDrop<'_> {
+impl<A> Drop for ForgetOnDrop<'_, A> {
     fn drop(&mut self) {
         lock(self.pending).remove(&self.id);
     }
 }
 
 /// Completes pending requests by id until the stream ends; then fails the rest.
-async fn read_responses(mut reader: FrameReader, pending: Pending, closed: Arc<AtomicBool>) {
+async fn read_responses<A: DeserializeOwned>(
+    mut reader: FrameReader,
+    pending: Pending<A>,
+    closed: Arc<AtomicBool>,
+    traffic: Arc<Traffic>,
+) {
     while let Ok(Some(body)) = reader.next_frame().await {
-        let Ok(frame) = decode::<ResponseFrame>(&body) else {
+        traffic.count_received(body.len());
+        let Ok(frame) = decode::<Frame<A>>(&body) else {
             tracing::warn!("undecodable response frame; dropping the stream");
             break;
         };
         if let Some(waiter) = lock(&pending).remove(&frame.id) {
-            let _ = waiter.send(frame.response);
+            let _ = waiter.send(frame.body);
         }
     }
     closed.store(true, Ordering::Relaxed);
@@ -255,4 +289,108 @@ async fn read_responses(mut reader: FrameReader, pending: Pending, closed: Arc<A
 /// Locks a mutex, recovering from poisoning (the map stays consistent across panics).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where one pooled connection goes.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The node's address.
+    pub addr: std::net::SocketAddr,
+    /// The name its certificate must carry (its node id).
+    pub server_name: String,
+}
+
+/// A destination's cached connection, if any; the lock also serialises dialling.
+type Slot<Q, A> = tokio::sync::Mutex<Option<Arc<MuxConnection<Q, A>>>>;
+
+/// One cached connection per destination, dialled on first use and re-dialled after it
+/// breaks. Shared by the client (client protocol) and the node (peer protocol).
+pub struct ConnectionPool<Q, A> {
+    endpoint: quinn::Endpoint,
+    tls: quinn::ClientConfig,
+    destinations: Vec<Destination>,
+    slots: Vec<Slot<Q, A>>,
+    /// Largest response frame accepted.
+    max_frame: usize,
+    /// Bytes carried by every connection of the pool.
+    traffic: Arc<Traffic>,
+}
+
+impl<Q: Serialize, A: DeserializeOwned + Send + 'static> ConnectionPool<Q, A> {
+    /// A pool dialling `destinations` from `endpoint` with `tls`.
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        tls: quinn::ClientConfig,
+        destinations: Vec<Destination>,
+        max_frame: usize,
+    ) -> Self {
+        let slots = destinations.iter().map(|_| tokio::sync::Mutex::new(None)).collect();
+        ConnectionPool {
+            endpoint,
+            tls,
+            destinations,
+            slots,
+            max_frame,
+            traffic: Arc::default(),
+        }
+    }
+
+    /// Bytes carried by the pool's connections so far.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Sends `request` to destination `index` and waits for the answer (no timeout).
+    pub async fn call(&self, index: usize, request: Q) -> Result<A, TransportError> {
+        self.connection(index).await?.call(request).await
+    }
+
+    /// The cached connection to destination `index`, dialling one if needed.
+    pub async fn connection(&self, index: usize) -> Result<Arc<MuxConnection<Q, A>>, TransportError> {
+        let slot = self
+            .slots
+            .get(index)
+            .ok_or_else(|| TransportError::Lost(format!("no destination {index}")))?;
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let destination = &self.destinations[index];
+        let conn = dial(
+            &self.endpoint,
+            &self.tls,
+            destination,
+            self.max_frame,
+            self.traffic.clone(),
+        )
+        .await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes every cached connection.
+    pub async fn close_all(&self) {
+        for slot in &self.slots {
+            if let Some(conn) = slot.lock().await.take() {
+                conn.connection().close(0u32.into(), b"closing");
+            }
+        }
+    }
+}
+
+/// Dials `destination` and opens the lanes.
+pub async fn dial<Q: Serialize, A: DeserializeOwned + Send + 'static>(
+    endpoint: &quinn::Endpoint,
+    tls: &quinn::ClientConfig,
+    destination: &Destination,
+    max_frame: usize,
+    traffic: Arc<Traffic>,
+) -> Result<Arc<MuxConnection<Q, A>>, TransportError> {
+    let addr = destination.addr;
+    let lost = |e: &dyn std::fmt::Display| TransportError::Lost(format!("{addr}: {e}"));
+    let connecting = endpoint
+        .connect_with(tls.clone(), addr, &destination.server_name)
+        .map_err(|e| lost(&e))?;
+    let conn = connecting.await.map_err(|e| lost(&e))?;
+    Ok(Arc::new(MuxConnection::open(conn, max_frame, traffic).await?))
 }

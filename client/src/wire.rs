@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::version::Version;
 
-/// ALPN of this protocol version.
+/// ALPN of the client protocol, version 1.
 pub const ALPN: &[u8] = b"quorumkv/1";
+/// ALPN of the node-to-node protocol, version 1 (messages defined by the node).
+pub const PEER_ALPN: &[u8] = b"quorumkv-peer/1";
 
 /// Size of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
@@ -55,8 +57,22 @@ pub enum Request {
         /// The record to store.
         record: Record,
     },
+    /// Hold `record` for `owner`, a replica that could not be reached, and deliver it when
+    /// the owner is back (hinted handoff).
+    PutHint {
+        /// Ring epoch the client routed with; the node refuses a different one.
+        epoch: u64,
+        /// Node id of the replica the write was meant for.
+        owner: String,
+        /// The key.
+        key: Bytes,
+        /// The record to hold.
+        record: Record,
+    },
     /// The cluster's members and settings, from which a client builds the ring.
     Members,
+    /// This node's view of its peers, partitions and repairs.
+    Status,
 }
 
 /// A node's answer to one [`Request`].
@@ -74,6 +90,8 @@ pub enum Response {
     },
     /// Answer to `Members`.
     Members(ClusterInfo),
+    /// Answer to `Status`.
+    Status(NodeStatus),
     /// The request was refused or failed.
     Error(ErrorReply),
 }
@@ -93,6 +111,8 @@ pub struct ClusterInfo {
     pub max_key_bytes: usize,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// Whether writes for unreachable replicas go to a fallback node as hints.
+    pub hinted_handoff: bool,
 }
 
 /// One cluster member.
@@ -142,25 +162,91 @@ pub enum ErrorKind {
     Storage,
     /// The node is shutting down.
     ShuttingDown,
+    /// The node holds as many hints for that owner as it may.
+    HintsFull,
+    /// The request names something that is not a member (or the node itself).
+    UnknownNode,
 }
 
-/// A request with the id its response will carry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestFrame {
-    /// Chosen by the sender, unique among its requests in flight on the stream.
-    pub id: u64,
-    /// The request.
-    pub request: Request,
+/// A node's view of the cluster and of its repairs (answer to `Status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub id: String,
+    /// Whether its Merkle trees are built (anti-entropy waits for them after a start).
+    pub trees_ready: bool,
+    /// What the failure detector says of every other member.
+    pub peers: Vec<PeerStatus>,
+    /// Per partition this node replicates: agreement with each other replica.
+    pub partitions: Vec<PartitionStatus>,
+    /// Hints held for other nodes: `(owner, count)`.
+    pub hints_held: Vec<(String, u64)>,
+    /// Hints refused because the owner's hint store was full (anti-entropy repairs those).
+    pub hints_refused: u64,
+    /// Anti-entropy totals since start.
+    pub anti_entropy: AntiEntropyCounters,
 }
 
-/// A response tagged with the id of its request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResponseFrame {
-    /// The id of the request this answers.
-    pub id: u64,
-    /// The answer.
-    pub response: Response,
+/// The failure detector's view of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Node id.
+    pub id: String,
+    /// Answering pings.
+    pub up: bool,
+    /// Pings missed in a row.
+    pub missed_pings: u32,
 }
+
+/// Agreement of one partition with its other replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u32,
+    /// One entry per other replica.
+    pub replicas: Vec<ReplicaAgreement>,
+}
+
+/// When this node and one other replica last agreed on a partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAgreement {
+    /// The other replica's node id.
+    pub peer: String,
+    /// When the two trees last had equal roots (µs since the epoch), if ever.
+    pub last_agreed_micros: Option<u64>,
+    /// Keys repaired between the two by anti-entropy, in either direction.
+    pub keys_repaired: u64,
+}
+
+/// Anti-entropy totals of one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyCounters {
+    /// Sync rounds this node started.
+    pub rounds: u64,
+    /// Records this node pushed to peers.
+    pub records_pushed: u64,
+    /// Records this node pulled from peers.
+    pub records_pulled: u64,
+    /// Bytes of anti-entropy frames this node sent.
+    pub bytes_sent: u64,
+    /// Bytes of anti-entropy frames this node received.
+    pub bytes_received: u64,
+}
+
+/// A message tagged with a request id: requests carry an id chosen by the sender, unique
+/// among its requests in flight on the stream; responses carry the id of their request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame<T> {
+    /// The request id.
+    pub id: u64,
+    /// The message.
+    pub body: T,
+}
+
+/// A client request frame.
+pub type RequestFrame = Frame<Request>;
+/// A node's response frame.
+pub type ResponseFrame = Frame<Response>;
 
 /// A frame that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +315,7 @@ mod tests {
     fn put_frame(value_len: usize) -> RequestFrame {
         RequestFrame {
             id: 42,
-            request: Request::Put {
+            body: Request::Put {
                 epoch: 7,
                 key: Bytes::from_static(b"k"),
                 record: Record {
@@ -247,7 +333,7 @@ mod tests {
             put_frame(1024),
             RequestFrame {
                 id: 1,
-                request: Request::Members,
+                body: Request::Members,
             },
         ];
         let mut wire = BytesMut::new();

@@ -64,12 +64,13 @@ impl SpawnedCluster {
         ClusterConfig::load(user_config)?;
         let text =
             std::fs::read_to_string(user_config).with_context(|| format!("reading {}", user_config.display()))?;
-        let base_dir = std::path::absolute(user_config.parent().unwrap_or(Path::new("")))?;
+        let user_config_abs = std::path::absolute(user_config)?;
+        let base_dir = user_config_abs.parent().unwrap_or(Path::new("/"));
         let dir = tempfile::Builder::new()
             .prefix("quorumkv-bench-")
             .tempdir()
             .context("creating a temporary directory for the cluster")?;
-        let rewritten = rewrite_config(&text, &base_dir, &dir.path().join("data"), durability)?;
+        let rewritten = rewrite_config(&text, base_dir, &dir.path().join("data"), durability)?;
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, rewritten).with_context(|| format!("writing {}", config_path.display()))?;
         let config = ClusterConfig::load(&config_path)?;

@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use quorumkv::config::ClusterConfig;
+use quorumkv::faults::{Faults, FaultyUdpSocket};
 use quorumkv::node::{Node, NodeParts};
 use quorumkv::pki;
 use quorumkv_client::net::bind_udp;
@@ -26,6 +29,8 @@ pub struct Shape {
     pub w: usize,
     pub r: usize,
     pub timeout_ms: u64,
+    /// Extra cluster.toml text, e.g. a `[convergence]` section.
+    pub extra: String,
 }
 
 impl Shape {
@@ -38,7 +43,15 @@ impl Shape {
             w: 2,
             r: 2,
             timeout_ms: 2_000,
+            extra: String::new(),
         }
+    }
+
+    /// This shape with extra cluster.toml text.
+    pub fn with(mut self, extra: &str) -> Shape {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
     }
 }
 
@@ -48,6 +61,7 @@ pub fn config_text(shape: &Shape, addrs: &[SocketAddr]) -> String {
         "data_dir = \"data\"\npartitions = 256\nreplication_factor = {}\n\n[defaults]\nn = {}\nw = {}\nr = {}\ntimeout_ms = {}\n",
         shape.replication_factor, shape.n, shape.w, shape.r, shape.timeout_ms
     );
+    text.push_str(&shape.extra);
     for (i, addr) in addrs.iter().enumerate() {
         text.push_str(&format!("\n[[nodes]]\nid = \"n{}\"\naddr = \"{addr}\"\n", i + 1));
     }
@@ -68,6 +82,8 @@ pub struct TestCluster {
     pub config_path: PathBuf,
     pub config: ClusterConfig,
     nodes: Vec<Option<Node>>,
+    /// Each node's own fault switchboard, kept across restarts.
+    faults: Vec<Faults>,
 }
 
 impl TestCluster {
@@ -81,11 +97,13 @@ impl TestCluster {
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config_text(&shape, &addrs)).unwrap();
         let config = ClusterConfig::load(&config_path).expect("valid test config");
+        let faults = (0..shape.nodes).map(|_| Faults::default()).collect();
         let mut cluster = TestCluster {
             dir,
             config_path,
             config,
             nodes: Vec::new(),
+            faults,
         };
         for (i, socket) in sockets.into_iter().enumerate() {
             let node = cluster.start_node(i, Some(socket)).await;
@@ -104,8 +122,38 @@ impl TestCluster {
             Some(s) => s,
             None => rebind(self.config.nodes[i].addr).await,
         };
-        let parts = NodeParts::real(&self.config, &id, Some(socket)).expect("node parts");
+        let mut parts = NodeParts::real(&self.config, &id, Some(socket)).expect("node parts");
+        parts.socket = Arc::new(FaultyUdpSocket::new(parts.socket, self.faults[i].clone()));
         Node::start(&self.config, &id, parts).expect("node start")
+    }
+
+    /// Cuts node `i` off from everyone (nodes and clients) until [`TestCluster::heal`].
+    pub fn isolate(&self, i: usize) {
+        self.faults[i].isolate();
+    }
+
+    /// Cuts the links between node `i` and each node in `others`.
+    pub fn cut(&self, i: usize, others: &[usize]) {
+        for &j in others {
+            self.faults[i].block(self.config.nodes[j].addr);
+            self.faults[j].block(self.config.nodes[i].addr);
+        }
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        self.faults.iter().for_each(Faults::heal);
+    }
+
+    /// Deletes node `i`'s data directory (the node must be stopped).
+    pub fn wipe(&self, i: usize) {
+        assert!(self.nodes[i].is_none(), "stop node {i} before wiping it");
+        std::fs::remove_dir_all(self.config.node_dir(&self.id(i))).expect("wipe data dir");
+    }
+
+    /// The running node `i`.
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
     }
 
     /// Stops node `i` gracefully (as on SIGTERM).

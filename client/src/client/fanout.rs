@@ -1,0 +1,235 @@
+//! Sending one request to several replicas and counting their answers.
+//!
+//! Each replica gets its own spawned task, so sends still running when the caller has
+//! its quorum finish in the background, each bounded by the request timeout. A write
+//! whose replica fails (or is known to be down) is handed to a fallback node as a hint
+//! when the cluster has hinted handoff on; hint acknowledgements count toward `w` only
+//! for sloppy writes. Replicas that time out or cannot be reached are remembered as down
+//! for [`DOWN_BACKOFF`], during which writes go straight to a fallback.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Inner;
+use crate::error::{ClientError, FailureReason, ReplicaFailure};
+use crate::options::QuorumPlan;
+use crate::quorum::{QuorumState, QuorumTracker};
+use crate::wire::{Request, Response};
+
+/// How long a replica that failed is skipped by writes (they go to a fallback instead).
+pub const DOWN_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Replicas this client saw fail recently.
+#[derive(Default)]
+pub struct Health {
+    down_until: Mutex<Vec<Option<Instant>>>,
+}
+
+impl Health {
+    /// A tracker for `members` nodes.
+    pub fn new(members: usize) -> Health {
+        Health {
+            down_until: Mutex::new(vec![None; members]),
+        }
+    }
+
+    /// Whether `node` failed within the last [`DOWN_BACKOFF`].
+    pub fn is_down(&self, node: usize) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(node)
+            .copied()
+            .flatten()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn observe(&self, node: usize, result: &Result<Response, FailureReason>) {
+        let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
+        let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = down.get_mut(node) {
+            *slot = failed.then(|| Instant::now() + DOWN_BACKOFF);
+        }
+    }
+}
+
+/// Counts one send (and its hint) as in flight until dropped.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn start(counter: &Arc<AtomicU64>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Who an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The replica itself.
+    Replica(usize),
+    /// A fallback `holder` that took a hint for `owner`.
+    Hint { holder: usize, owner: usize },
+}
+
+/// One answer of a fanned-out request.
+pub type Answer = (Source, Result<Response, FailureReason>);
+
+/// How a write uses fallbacks.
+#[derive(Debug, Clone, Copy)]
+pub struct HintPolicy {
+    /// Send writes for failed replicas to a fallback.
+    pub enabled: bool,
+    /// Count hint acknowledgements toward the quorum.
+    pub sloppy: bool,
+}
+
+impl Inner {
+    /// Spawns one send per target; answers (and hint outcomes) arrive on the channel.
+    pub(super) fn fan_out(
+        self: &Arc<Self>,
+        targets: &[usize],
+        fallbacks: &[usize],
+        request: Request,
+        timeout: Duration,
+        hints: HintPolicy,
+    ) -> mpsc::Receiver<Answer> {
+        let (tx, rx) = mpsc::channel::<Answer>(2 * targets.len().max(1));
+        for (i, &node) in targets.iter().enumerate() {
+            let (inner, tx, request) = (self.clone(), tx.clone(), request.clone());
+            let in_flight = InFlight::start(&self.stats.sends_in_flight);
+            // Each failed target tries the fallbacks starting at its own offset, spreading hints.
+            let candidates: Vec<usize> = fallbacks
+                .iter()
+                .cycle()
+                .skip(i)
+                .take(fallbacks.len())
+                .copied()
+                .collect();
+            tokio::spawn(async move {
+                let skip = hints.enabled && inner.health.is_down(node);
+                let result = match skip {
+                    true => Err(FailureReason::Unreachable(
+                        "recently failed; writing a hint instead".into(),
+                    )),
+                    false => inner.call_with_timeout(node, request.clone(), timeout).await,
+                };
+                inner.health.observe(node, &result);
+                let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
+                let _ = tx.send((Source::Replica(node), result)).await;
+                if hints.enabled && failed {
+                    let hint = inner.send_hint(node, &candidates, request, timeout).await;
+                    let _ = tx.send(hint).await;
+                }
+                drop(in_flight);
+            });
+        }
+        rx
+    }
+
+    /// Hands `request` (a put) for `owner` to the first fallback that is not known down.
+    async fn send_hint(&self, owner: usize, candidates: &[usize], request: Request, timeout: Duration) -> Answer {
+        let Request::Put { epoch, key, record } = request else {
+            return (Source::Hint { holder: owner, owner }, Err(FailureReason::Unanswered));
+        };
+        let owner_id = self.cluster.members[owner].id.clone();
+        let usable = candidates
+            .iter()
+            .copied()
+            .filter(|c| *c != owner && !self.health.is_down(*c));
+        let Some(holder) = usable.into_iter().next() else {
+            let reason = FailureReason::Unreachable("no fallback node is up to hold a hint".into());
+            return (Source::Hint { holder: owner, owner }, Err(reason));
+        };
+        let hint = Request::PutHint {
+            epoch,
+            owner: owner_id,
+            key,
+            record,
+        };
+        let result = self.call_with_timeout(holder, hint, timeout).await;
+        self.health.observe(holder, &result);
+        if result.is_ok() {
+            self.stats.hints_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        (Source::Hint { holder, owner }, result)
+    }
+
+    /// Collects answers until `plan.needed` succeeded (per `judge`), that became
+    /// impossible, or the timeout passed. Returns the successes with their source and
+    /// what is left of the channel (the stragglers).
+    pub(super) async fn collect<T>(
+        &self,
+        mut answers: mpsc::Receiver<Answer>,
+        targets: &[usize],
+        plan: QuorumPlan,
+        hints: HintPolicy,
+        judge: impl Fn(Response) -> Result<T, FailureReason>,
+    ) -> Result<(Vec<(usize, T)>, mpsc::Receiver<Answer>), ClientError> {
+        let mut tracker = QuorumTracker::new(targets.len(), plan.needed);
+        let mut results = Vec::with_capacity(plan.needed);
+        let mut heard = vec![false; self.cluster.members.len()];
+        let deadline = tokio::time::sleep(plan.timeout);
+        tokio::pin!(deadline);
+        let mut unanswered = FailureReason::Unanswered;
+        while tracker.state() == QuorumState::Pending {
+            let (source, answer) = tokio::select! {
+                Some(a) = answers.recv() => a,
+                _ = &mut deadline => {
+                    unanswered = FailureReason::Timeout;
+                    break;
+                }
+            };
+            let (node, counts) = match source {
+                Source::Replica(node) => (node, true),
+                Source::Hint { holder, .. } => (holder, hints.sloppy),
+            };
+            if let Source::Replica(node) = source {
+                heard[node] = true;
+                let failed = matches!(answer, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
+                if hints.enabled && hints.sloppy && failed {
+                    tracker.expect_one_more();
+                }
+            }
+            if !counts {
+                continue;
+            }
+            match answer.and_then(&judge) {
+                Ok(value) => {
+                    results.push((node, value));
+                    tracker.ack();
+                }
+                Err(reason) => {
+                    tracker.fail(self.failure(node, reason));
+                }
+            }
+        }
+        if tracker.state() == QuorumState::Reached {
+            return Ok((results, answers));
+        }
+        for &node in targets.iter().filter(|&&n| !heard[n]) {
+            tracker.fail(self.failure(node, unanswered.clone()));
+        }
+        Err(ClientError::Unavailable {
+            needed: tracker.needed(),
+            acked: tracker.acked(),
+            contacted: targets.len(),
+            failures: tracker.into_failures(),
+        })
+    }
+
+    pub(super) fn failure(&self, node: usize, reason: FailureReason) -> ReplicaFailure {
+        ReplicaFailure {
+            node: self.cluster.members[node].id.clone(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The [`Client`]: routes each request to the key's replicas and waits for a quorum.
+//!
+//! The client learns the members from a seed node, builds the same [`Ring`] the nodes
+//! use, and sends every request straight to the first `n` replicas of the key's
+//! preference list, in parallel ([`fanout`]). Writes return once `w` replicas
+//! acknowledged durably; the remaining sends finish in the background (bounded by the
+//! request timeout), and a replica that cannot be reached gets its write through a
+//! fallback node as a hint. Reads return the newest of the first `r` answers and repair
+//! stale replicas ([`repair`]).
+
+mod bootstrap;
+mod fanout;
+mod repair;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::clock::{system_clock, Clock};
+use crate::error::{ClientError, FailureReason};
+use crate::options::{ReadOptions, RepairMode, WriteOptions};
+use crate::ring::Ring;
+use crate::tls::TlsIdentity;
+use crate::transport::{ConnectionPool, Destination, TransportError};
+use crate::version::{HybridClock, Version};
+use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
+use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
+use fanout::{Health, HintPolicy};
+use repair::MAX_CONCURRENT_REPAIRS;
+
+pub use fanout::DOWN_BACKOFF;
+
+/// How to reach a cluster.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Nodes to ask for the member list, tried in order.
+    pub seeds: Vec<SocketAddr>,
+    /// The client certificate and the cluster CA.
+    pub identity: TlsIdentity,
+    /// Writer id in the versions this client issues; random when `None`.
+    pub writer_id: Option<u64>,
+    /// Wall clock for version timestamps.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ClientConfig {
+    /// A configuration with a random writer id and the system clock.
+    pub fn new(seeds: Vec<SocketAddr>, identity: TlsIdentity) -> ClientConfig {
+        ClientConfig {
+            seeds,
+            identity,
+            writer_id: None,
+            clock: system_clock(),
+        }
+    }
+}
+
+/// A value read from the cluster with the version that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Bytes,
+    /// The version of the write that stored it.
+    pub version: Version,
+}
+
+/// What this client did beyond answering requests.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Replicas repaired by read repair.
+    pub read_repairs: AtomicU64,
+    /// Background read repairs skipped because too many were running.
+    pub read_repairs_skipped: AtomicU64,
+    /// Hints handed to fallback nodes.
+    pub hints_sent: AtomicU64,
+    /// Sends to replicas (and their hints) still running, including those a request
+    /// returned without waiting for.
+    pub sends_in_flight: Arc<AtomicU64>,
+}
+
+/// A connection to a quorumkv cluster. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: ClusterInfo,
+    ring: Ring,
+    /// Issues versions; advanced past every version read.
+    hlc: Mutex<HybridClock>,
+    clock: Arc<dyn Clock>,
+    /// One cached connection per member, re-dialled when it breaks.
+    nodes: ConnectionPool<Request, Response>,
+    /// Members that failed recently.
+    health: Health,
+    /// Bounds read repairs in flight.
+    repair_slots: Arc<Semaphore>,
+    stats: ClientStats,
+}
+
+impl Client {
+    /// Connects to the cluster through the first seed that answers.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let tls = config.identity.client_config()?;
+        let endpoint = client_endpoint(&config.seeds)?;
+        let cluster = fetch_cluster(&endpoint, &tls, &config.seeds).await?;
+        let ids: Vec<String> = cluster.members.iter().map(|m| m.id.clone()).collect();
+        let ring = Ring::new(&ids, cluster.partitions, cluster.replication_factor)
+            .map_err(|e| ClientError::NoSeed(format!("the seed sent an unusable member list: {e}")))?;
+        let writer = config
+            .writer_id
+            .unwrap_or_else(|| random_writer_id(config.clock.as_ref()));
+        let destinations = cluster
+            .members
+            .iter()
+            .map(|m| Destination {
+                addr: m.addr,
+                server_name: m.id.clone(),
+            })
+            .collect();
+        let max_frame = cluster.max_key_bytes + cluster.max_value_bytes + FRAME_OVERHEAD;
+        let inner = Inner {
+            nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
+            health: Health::new(cluster.members.len()),
+            cluster,
+            ring,
+            hlc: Mutex::new(HybridClock::new(writer)),
+            clock: config.clock,
+            repair_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_REPAIRS)),
+            stats: ClientStats::default(),
+        };
+        Ok(Client { inner: Arc::new(inner) })
+    }
+
+    /// The cluster's members and settings, as the seed reported them.
+    pub fn cluster(&self) -> &ClusterInfo {
+        &self.inner.cluster
+    }
+
+    /// The ring this client routes with.
+    pub fn ring(&self) -> &Ring {
+        &self.inner.ring
+    }
+
+    /// Read repairs and hints this client performed.
+    pub fn stats(&self) -> &ClientStats {
+        &self.inner.stats
+    }
+
+    /// Reads `key` with the cluster's default n and r.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Versioned>, ClientError> {
+        self.get_with(key, &ReadOptions::default()).await
+    }
+
+    /// Stores `value` under `key` with the cluster's default n and w; returns its version.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Version, ClientError> {
+        self.put_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// Deletes `key` (writes a tombstone) with the cluster's default n and w.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Version, ClientError> {
+        self.delete_with(key, &WriteOptions::default()).await
+    }
+
+    /// Reads `key`: asks n replicas, returns the newest of the first r answers and
+    /// repairs stale replicas as `options.repair` says. `None` when the key was never
+    /// written or is deleted.
+    pub async fn get_with(
+        &self,
+        key: impl Into<Bytes>,
+        options: &ReadOptions,
+    ) -> Result<Option<Versioned>, ClientError> {
+        let key = key.into();
+        let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
+        check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
+        let request = Request::Get {
+            epoch: self.inner.ring.epoch(),
+            key: key.clone(),
+        };
+        let targets = self.inner.targets(&key, plan.n);
+        let no_hints = HintPolicy {
+            enabled: false,
+            sloppy: false,
+        };
+        let answers = self.inner.fan_out(&targets, &[], request, plan.timeout, no_hints);
+        let (answers, stragglers) = self
+            .inner
+            .collect(answers, &targets, plan, no_hints, read_answer)
+            .await?;
+        let newest = answers
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .max_by_key(|r| r.version)
+            .cloned();
+        if let Some(record) = &newest {
+            self.observe(record.version);
+            match options.repair {
+                RepairMode::Blocking => {
+                    self.inner.repair(&key, record, &answers, plan.timeout).await;
+                    self.inner.repair_in_background(key, answers, stragglers, plan.timeout);
+                }
+                RepairMode::Background => self.inner.repair_in_background(key, answers, stragglers, plan.timeout),
+                RepairMode::Off => {}
+            }
+        } else if options.repair != RepairMode::Off {
+            self.inner.repair_in_background(key, answers, stragglers, plan.timeout);
+        }
+        Ok(newest.and_then(|r| {
+            r.value.map(|value| Versioned {
+                value,
+                version: r.version,
+            })
+        }))
+    }
+
+    /// Stores `value` under `key`: sends to n replicas, returns once w acknowledged durably.
+    pub async fn put_with(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        options: &WriteOptions,
+    ) -> Result<Version, ClientError> {
+        let value = value.into();
+        check_size("value", value.len(), self.inner.cluster.max_value_bytes)?;
+        self.write(key.into(), Some(value), options).await
+    }
+
+    /// Deletes `key` by writing a tombstone to n replicas; returns once w acknowledged.
+    pub async fn delete_with(&self, key: impl Into<Bytes>, options: &WriteOptions) -> Result<Version, ClientError> {
+        self.write(key.into(), None, options).await
+    }
+
+    /// Reads one node's own copy of `key`, without a quorum: for inspecting divergence.
+    /// Returns the raw record (tombstones included).
+    pub async fn get_from(&self, node_id: &str, key: impl Into<Bytes>) -> Result<Option<Record>, ClientError> {
+        let request = Request::Get {
+            epoch: self.inner.ring.epoch(),
+            key: key.into(),
+        };
+        self.ask_one(node_id, request, read_answer).await
+    }
+
+    /// One node's view of its peers, partitions and repairs.
+    pub async fn status(&self, node_id: &str) -> Result<NodeStatus, ClientError> {
+        self.ask_one(node_id, Request::Status, |response| match response {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        })
+        .await
+    }
+
+    async fn ask_one<T>(
+        &self,
+        node_id: &str,
+        request: Request,
+        judge: impl Fn(Response) -> Result<T, FailureReason>,
+    ) -> Result<T, ClientError> {
+        let node = self.inner.member_index(node_id)?;
+        let timeout = Duration::from_millis(self.inner.cluster.defaults.timeout_ms);
+        let answer = self
+            .inner
+            .call_with_timeout(node, request, timeout)
+            .await
+            .and_then(judge);
+        answer.map_err(|reason| ClientError::Unavailable {
+            needed: 1,
+            acked: 0,
+            contacted: 1,
+            failures: vec![self.inner.failure(node, reason)],
+        })
+    }
+
+    async fn write(&self, key: Bytes, value: Option<Bytes>, options: &WriteOptions) -> Result<Version, ClientError> {
+        let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
+        check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
+        let version = self.next_version();
+        let record = Record { version, value };
+        let request = Request::Put {
+            epoch: self.inner.ring.epoch(),
+            key: key.clone(),
+            record,
+        };
+        let targets = self.inner.targets(&key, plan.n);
+        let fallbacks = self.inner.fallbacks(&key, plan.n);
+        let hints = HintPolicy {
+            enabled: self.inner.cluster.hinted_handoff,
+            sloppy: options.sloppy,
+        };
+        let answers = self.inner.fan_out(&targets, &fallbacks, request, plan.timeout, hints);
+        let judge = move |r| write_answer(r, version);
+        let result = self.inner.collect(answers, &targets, plan, hints, judge).await;
+        if let Err(ClientError::Unavailable { failures, .. }) = &result {
+            for f in failures {
+                if let FailureReason::Stale { current } = f.reason {
+                    self.observe(current);
+                }
+            }
+        }
+        result.map(|_| version)
+    }
+
+    fn next_version(&self) -> Version {
+        let now = self.inner.clock.now_micros();
+        lock(&self.inner.hlc).next(now)
+    }
+
+    fn observe(&self, seen: Version) {
+        lock(&self.inner.hlc).observe(seen);
+    }
+}
+
+impl Inner {
+    /// The first `n` replicas of `key`.
+    fn targets(&self, key: &[u8], n: usize) -> Vec<usize> {
+        let partition = self.ring.partition_of(key);
+        self.ring.replicas(partition).iter().take(n).copied().collect()
+    }
+
+    /// Nodes that may hold hints for the targets of `key`: the rest of the preference list
+    /// (fallbacks proper first, then the other targets: with as many nodes as replicas,
+    /// a hint waits on another replica).
+    fn fallbacks(&self, key: &[u8], n: usize) -> Vec<usize> {
+        let list = self.ring.preference_list(self.ring.partition_of(key));
+        list.iter().skip(n).chain(list.iter().take(n)).copied().collect()
+    }
+
+    fn member_index(&self, node_id: &str) -> Result<usize, ClientError> {
+        let found = self.cluster.members.iter().position(|m| m.id == node_id);
+        found.ok_or_else(|| ClientError::InvalidOptions(format!("no member named {node_id:?}")))
+    }
+
+    async fn call_with_timeout(
+        &self,
+        node: usize,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, FailureReason> {
+        match tokio::time::timeout(timeout, self.call(node, request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(FailureReason::Unreachable(e.to_string())),
+            Err(_) => Err(FailureReason::Timeout),
+        }
+    }
+
+    async fn call(&self, node: usize, request: Request) -> Result<Response, TransportError> {
+        self.nodes.call(node, request).await
+    }
+}
+
+fn check_size(what: &'static str, len: usize, max: usize) -> Result<(), ClientError> {
+    if len > max {
+        return Err(ClientError::TooLarge { what, len, max });
+    }
+    Ok(())
+}
+
+fn read_answer(response: Response) -> Result<Option<Record>, FailureReason> {
+    match response {
+        Response::Record(record) => Ok(record),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn write_answer(response: Response, version: Version) -> Result<(), FailureReason> {
+    match response {
+        Response::Put { applied: true, .. } => Ok(()),
+        // The replica already had exactly this write (a retransmission): still durable.
+        Response::Put { current, .. } if current == version => Ok(()),
+        Response::Put { current, .. } => Err(FailureReason::Stale { current }),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(response: Response) -> FailureReason {
+    match response {
+        Response::Error(reply) => FailureReason::Refused(reply),
+        other => FailureReason::Refused(crate::wire::ErrorReply {
+            kind: ErrorKind::Malformed,
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// Counters are read by callers with relaxed loads.
+impl ClientStats {
+    /// Replicas repaired by read repair so far.
+    pub fn read_repairs(&self) -> u64 {
+        self.read_repairs.load(Ordering::Relaxed)
+    }
+
+    /// Hints handed to fallback nodes so far.
+    pub fn hints_sent(&self) -> u64 {
+        self.hints_sent.load(Ordering::Relaxed)
+    }
+
+    /// Sends still running, including background completions of finished writes.
+    pub fn sends_in_flight(&self) -> u64 {
+        self.sends_in_flight.load(Ordering::Relaxed)
+    }
+}

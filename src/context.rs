@@ -1,0 +1,98 @@
+//! [`NodeContext`]: the state of one node that its services share.
+//!
+//! The replica, the peer service, anti-entropy, hint delivery and tombstone purging all
+//! work on the same storage, ring, failure detector and agreement record; this bundles
+//! them so each service takes one `Arc` instead of six.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorumkv_client::clock::Clock;
+use quorumkv_client::ring::Ring;
+use quorumkv_client::wire::{NodeStatus, PartitionStatus, ReplicaAgreement};
+
+use crate::antientropy::Agreement;
+use crate::config::Convergence;
+use crate::peer::{FailureDetector, PeerPool};
+use crate::storage::Storage;
+
+/// What a node's services share.
+pub struct NodeContext {
+    /// This node's id.
+    pub id: String,
+    /// This node's index in the member list.
+    pub me: usize,
+    /// The ring, from the member list.
+    pub ring: Ring,
+    /// The node's records, hints and trees.
+    pub storage: Arc<dyn Storage>,
+    /// Who answers pings.
+    pub detector: Arc<FailureDetector>,
+    /// What anti-entropy learned.
+    pub agreement: Arc<Agreement>,
+    /// Connections for pings and hint delivery.
+    pub peers: Arc<PeerPool>,
+    /// Connections for anti-entropy only, so bulk repair never delays the others.
+    pub anti_entropy_peers: Arc<PeerPool>,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Convergence settings from cluster.toml.
+    pub convergence: Convergence,
+}
+
+impl NodeContext {
+    /// Index of the member with id `id`.
+    pub fn member_index(&self, id: &str) -> Option<usize> {
+        self.ring.members().iter().position(|m| m == id)
+    }
+
+    /// Partitions this node replicates.
+    pub fn my_partitions(&self) -> Vec<u32> {
+        (0..self.ring.partitions())
+            .filter(|p| self.ring.replicas(*p).contains(&self.me))
+            .collect()
+    }
+
+    /// How long a tombstone is kept at least.
+    pub fn tombstone_grace(&self) -> Duration {
+        Duration::from_millis(self.convergence.tombstone_grace_ms)
+    }
+
+    /// This node's view of peers, partitions and repairs.
+    pub fn status(&self) -> NodeStatus {
+        let traffic = self.anti_entropy_peers.traffic();
+        let sent = traffic.sent.load(std::sync::atomic::Ordering::Relaxed);
+        let received = traffic.received.load(std::sync::atomic::Ordering::Relaxed);
+        let mut hints_held: Vec<(String, u64)> =
+            self.storage.hint_counts().into_iter().filter(|(_, c)| *c > 0).collect();
+        hints_held.sort();
+        NodeStatus {
+            id: self.id.clone(),
+            trees_ready: self.storage.forest().is_ready(),
+            peers: self.detector.snapshot(self.me),
+            partitions: self
+                .my_partitions()
+                .into_iter()
+                .map(|p| self.partition_status(p))
+                .collect(),
+            hints_held,
+            hints_refused: self.agreement.hints_refused.load(std::sync::atomic::Ordering::Relaxed),
+            anti_entropy: self.agreement.counters(sent, received),
+        }
+    }
+
+    fn partition_status(&self, partition: u32) -> PartitionStatus {
+        let others = self.ring.replicas(partition).iter().filter(|r| **r != self.me);
+        let replicas = others
+            .map(|&peer| {
+                let pair = self.agreement.pair(partition, peer);
+                ReplicaAgreement {
+                    peer: self.ring.members()[peer].clone(),
+                    last_agreed_micros: pair.last_agreed_micros,
+                    keys_repaired: pair.keys_repaired,
+                }
+            })
+            .collect();
+        PartitionStatus { partition, replicas }
+    }
+}

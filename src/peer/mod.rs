@@ -1,0 +1,138 @@
+//! Node-to-node protocol: pings, anti-entropy and hint delivery.
+//!
+//! Spoken over the same endpoint as the client protocol, on connections that negotiate
+//! the peer ALPN ([`quorumkv_client::wire::PEER_ALPN`]). Messages are one enum per
+//! direction; [`PeerService`] answers them. Anti-entropy uses its own connections, so
+//! bulk repair traffic never queues behind (or in front of) pings and hints.
+
+pub mod detector;
+mod service;
+
+use bytes::Bytes;
+use quorumkv_client::transport::{ConnectionPool, Destination};
+use quorumkv_client::wire::{Record, FRAME_OVERHEAD};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::merkle::Hash;
+use crate::storage::Entry;
+
+pub use detector::FailureDetector;
+pub use service::PeerService;
+
+/// Most record bytes in one anti-entropy or hint-delivery exchange (larger values go alone).
+pub const EXCHANGE_BYTES: usize = 4 << 20;
+
+/// A key with its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedRecord {
+    /// The key.
+    pub key: Bytes,
+    /// Its record.
+    pub record: Record,
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Are you there?
+    Ping,
+    /// Anti-entropy step 1: the sender's root hash of each partition; the receiver answers
+    /// with its inner-node hashes of the partitions whose roots differ.
+    Roots {
+        /// Node id of the sender (to record agreement on both sides).
+        from: String,
+        /// `(partition, root hash)`.
+        roots: Vec<(u32, Hash)>,
+    },
+    /// Anti-entropy step 2: the sender's leaf hashes under inner nodes that differ; the
+    /// receiver answers with its key/version lists of the leaves that differ.
+    Leaves {
+        /// `(partition, leaf, leaf hash)`.
+        leaves: Vec<(u32, u32, Hash)>,
+    },
+    /// Anti-entropy step 3 and hint delivery: apply `push` (each only if newer), and send
+    /// back the records of the keys in `pull`.
+    Exchange {
+        /// Records for the receiver.
+        push: Vec<KeyedRecord>,
+        /// Keys whose records the sender wants.
+        pull: Vec<Bytes>,
+    },
+}
+
+/// A node's answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Answer to `Ping`.
+    Pong,
+    /// Answer to `Roots`: inner hashes of the partitions whose roots differ.
+    Inner {
+        /// `(partition, inner-node hashes)`.
+        partitions: Vec<(u32, Vec<Hash>)>,
+    },
+    /// Answer to `Leaves`: the entries of every leaf that differs.
+    Entries {
+        /// `(partition, leaf, entries)`.
+        leaves: Vec<(u32, u32, Vec<Entry>)>,
+    },
+    /// Answer to `Exchange`.
+    Exchanged {
+        /// Per pushed record, in order: whether it was newer and applied.
+        applied: Vec<bool>,
+        /// The pulled records (keys the receiver does not hold are left out).
+        records: Vec<KeyedRecord>,
+    },
+    /// The receiver's Merkle trees are still being rebuilt; try later.
+    NotReady,
+    /// The request failed.
+    Error(String),
+}
+
+/// Connections to the other members, speaking the peer protocol.
+pub type PeerPool = ConnectionPool<PeerRequest, PeerResponse>;
+
+/// A pool dialling every member of `config` (indices match the member list) from
+/// `endpoint` with this node's identity.
+pub fn peer_pool(config: &ClusterConfig, endpoint: quinn::Endpoint, tls: quinn::ClientConfig) -> PeerPool {
+    let destinations = config
+        .nodes
+        .iter()
+        .map(|n| Destination {
+            addr: n.addr,
+            server_name: n.id.clone(),
+        })
+        .collect();
+    ConnectionPool::new(endpoint, tls, destinations, peer_max_frame(config))
+}
+
+/// Largest peer frame: a full exchange plus one maximum-size record.
+pub fn peer_max_frame(config: &ClusterConfig) -> usize {
+    EXCHANGE_BYTES + config.limits.max_key_bytes + config.limits.max_value_bytes + 2 * FRAME_OVERHEAD
+}
+
+impl KeyedRecord {
+    /// Approximate encoded size.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.record.value.as_ref().map_or(0, Bytes::len) + 32
+    }
+}
+
+/// Splits records into batches of at most `max_bytes` (a larger record goes alone).
+pub fn chunk_by_bytes(records: Vec<KeyedRecord>, max_bytes: usize) -> Vec<Vec<KeyedRecord>> {
+    let mut batches = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for record in records {
+        let size = record.size();
+        if !batch.is_empty() && bytes + size > max_bytes {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(record);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}

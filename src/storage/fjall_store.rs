@@ -1,0 +1,468 @@
+//! [`FjallStorage`]: the [`Storage`] seam on fjall.
+//!
+//! Three keyspaces: `records` (the data), `hints` (records held for other nodes) and
+//! `tombstones` (an index of deletes with their arrival time, so purging never scans the
+//! data). Writes go through the writer thread ([`super::writer`]); reads and scans run on
+//! blocking threads. At open a snapshot is taken before the writer starts, and a scan of
+//! it rebuilds the Merkle trees while the node already serves: live writes fold their
+//! deltas into the same trees, which is exact because XOR updates commute. In `periodic`
+//! mode a timer thread fsyncs every interval.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use futures_util::future::BoxFuture;
+use quorumkv_client::clock::Clock;
+use quorumkv_client::wire::Record;
+use quorumkv_client::Version;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{
+    decode_header, decode_record, decode_tombstone, hint_owner, hint_prefix, record_key, split_record_key, HASH_PREFIX,
+};
+use super::writer::{fatal, WriteOp, Writer};
+use super::{Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
+use crate::config::DurabilityMode;
+use crate::merkle::entry_hash;
+
+/// Writes queued for the writer thread before callers wait.
+const WRITE_QUEUE: usize = 4096;
+/// Records folded into the trees per lock during the rebuild scan.
+const REBUILD_CHUNK: usize = 4096;
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// When writes reach the disk.
+    pub durability: DurabilityMode,
+    /// fsync interval of periodic mode.
+    pub interval: Duration,
+    /// Partitions of the ring (shapes the Merkle trees).
+    pub partitions: u32,
+    /// Most hints held per owner.
+    pub max_hints_per_node: u64,
+}
+
+/// fjall-backed [`Storage`].
+pub struct FjallStorage {
+    db: Database,
+    records: Keyspace,
+    hints: Keyspace,
+    tombstones: Keyspace,
+    /// Queue of the writer thread.
+    writes: mpsc::Sender<WriteOp>,
+    /// Set at the first fatal error.
+    poisoned: Arc<AtomicBool>,
+    /// Tells the periodic fsync thread to stop.
+    stop_periodic: Arc<AtomicBool>,
+    forest: Arc<Forest>,
+    hint_counts: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl FjallStorage {
+    /// Opens (or creates) the store in `dir`, starts its writer thread and the tree rebuild.
+    pub fn open(dir: &Path, options: StoreOptions, clock: Arc<dyn Clock>) -> Result<FjallStorage, StorageError> {
+        let db = Database::builder(dir).open().map_err(fatal)?;
+        let records = db.keyspace("records", KeyspaceCreateOptions::default).map_err(fatal)?;
+        let hints = db.keyspace("hints", KeyspaceCreateOptions::default).map_err(fatal)?;
+        let tombstones = db
+            .keyspace("tombstones", KeyspaceCreateOptions::default)
+            .map_err(fatal)?;
+        let forest = Arc::new(Forest::new(options.partitions));
+        let hint_counts = Arc::new(Mutex::new(count_hints(&hints)?));
+        // Taken before the writer starts: every later write is a delta on top of it.
+        spawn_rebuild(db.clone(), records.clone(), forest.clone())?;
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            db: db.clone(),
+            records: records.clone(),
+            hints: hints.clone(),
+            tombstones: tombstones.clone(),
+            persist: match options.durability {
+                DurabilityMode::Sync => PersistMode::SyncData,
+                DurabilityMode::Periodic => PersistMode::Buffer,
+            },
+            poisoned: poisoned.clone(),
+            forest: forest.clone(),
+            clock,
+            hint_counts: hint_counts.clone(),
+            max_hints_per_node: options.max_hints_per_node,
+        };
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        spawn_thread("storage-writer", move || writer.run(rx))?;
+        let stop_periodic = Arc::new(AtomicBool::new(false));
+        if options.durability == DurabilityMode::Periodic {
+            spawn_periodic_fsync(db.clone(), options.interval, poisoned.clone(), stop_periodic.clone())?;
+        }
+        Ok(FjallStorage {
+            db,
+            records,
+            hints,
+            tombstones,
+            writes: tx,
+            poisoned,
+            stop_periodic,
+            forest,
+            hint_counts,
+        })
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(StorageError::Fatal("an earlier write or fsync failed".into()));
+        }
+        Ok(())
+    }
+
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> WriteOp,
+    ) -> Result<T, StorageError> {
+        self.check()?;
+        let (done, result) = oneshot::channel();
+        self.writes.send(op(done)).await.map_err(|_| StorageError::Closed)?;
+        result.await.map_err(|_| StorageError::Closed)?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        self.check()?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StorageError::Fatal(e.to_string()))?
+    }
+}
+
+impl Drop for FjallStorage {
+    fn drop(&mut self) {
+        self.stop_periodic.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Storage for FjallStorage {
+    fn get(&self, key: Bytes) -> BoxFuture<'_, Result<Option<Record>, StorageError>> {
+        let records = self.records.clone();
+        Box::pin(self.blocking(move || {
+            let stored = records.get(record_key(&key)).map_err(fatal)?;
+            stored.map(|bytes| decode_record(&bytes)).transpose()
+        }))
+    }
+
+    fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>> {
+        Box::pin(self.write(|done| WriteOp::Apply { key, record, done }))
+    }
+
+    fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
+        let records = self.records.clone();
+        Box::pin(self.blocking(move || {
+            let upper = match end.checked_add(1) {
+                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            };
+            let range = (Bound::Included(start.to_be_bytes().to_vec()), upper);
+            let mut out = Vec::new();
+            for guard in records.range::<Vec<u8>, _>(range) {
+                let (stored_key, value) = guard.into_inner().map_err(fatal)?;
+                let (_, key) = split_record_key(&stored_key)?;
+                let (version, tombstone) = decode_header(&value)?;
+                out.push(Entry {
+                    key: Bytes::copy_from_slice(key),
+                    version,
+                    tombstone,
+                });
+            }
+            Ok(out)
+        }))
+    }
+
+    fn store_hint(&self, owner: String, key: Bytes, record: Record) -> BoxFuture<'_, Result<HintStored, StorageError>> {
+        Box::pin(self.write(|done| WriteOp::StoreHint {
+            owner,
+            key,
+            record,
+            done,
+        }))
+    }
+
+    fn hints_for(&self, owner: String, limit: usize) -> BoxFuture<'_, Result<Vec<(Bytes, Record)>, StorageError>> {
+        let hints = self.hints.clone();
+        Box::pin(self.blocking(move || {
+            let prefix = hint_prefix(&owner);
+            let mut out = Vec::new();
+            for guard in hints.prefix(&prefix).take(limit) {
+                let (stored_key, value) = guard.into_inner().map_err(fatal)?;
+                let (_, key) = split_record_key(&stored_key[prefix.len()..])?;
+                out.push((Bytes::copy_from_slice(key), decode_record(&value)?));
+            }
+            Ok(out)
+        }))
+    }
+
+    fn remove_hints(&self, owner: String, delivered: Vec<(Bytes, Version)>) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let removals = delivered.into_iter().map(|(key, version)| {
+                let owner = owner.clone();
+                self.write(move |done| WriteOp::RemoveHint {
+                    owner,
+                    key,
+                    version,
+                    done,
+                })
+            });
+            futures_util::future::try_join_all(removals).await.map(|_| ())
+        })
+    }
+
+    fn hint_counts(&self) -> HashMap<String, u64> {
+        self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn tombstones(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>> {
+        let tombstones = self.tombstones.clone();
+        Box::pin(self.blocking(move || {
+            let mut out = Vec::new();
+            for guard in tombstones.iter().take(limit) {
+                let (stored_key, value) = guard.into_inner().map_err(fatal)?;
+                let (_, key) = split_record_key(&stored_key)?;
+                let (version, arrived_micros) = decode_tombstone(&value)?;
+                out.push(Tombstone {
+                    key: Bytes::copy_from_slice(key),
+                    version,
+                    arrived_micros,
+                });
+            }
+            Ok(out)
+        }))
+    }
+
+    fn purge(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>> {
+        Box::pin(self.write(move |done| WriteOp::Purge { key, version, done }))
+    }
+
+    fn forest(&self) -> &Forest {
+        &self.forest
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        let db = self.db.clone();
+        Box::pin(self.blocking(move || db.persist(PersistMode::SyncAll).map_err(fatal)))
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts the hints held per owner (once, at open).
+fn count_hints(hints: &Keyspace) -> Result<HashMap<String, u64>, StorageError> {
+    let mut counts = HashMap::new();
+    for guard in hints.iter() {
+        let key = guard.key().map_err(fatal)?;
+        *counts.entry(hint_owner(&key)?.to_string()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Folds every record of a snapshot taken now into the trees, on its own thread.
+fn spawn_rebuild(db: Database, records: Keyspace, forest: Arc<Forest>) -> Result<(), StorageError> {
+    let snapshot = db.snapshot();
+    spawn_thread("merkle-rebuild", move || {
+        let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
+        for guard in snapshot.iter(&records) {
+            let folded = guard.into_inner().map_err(fatal).and_then(|(stored_key, value)| {
+                let (hash, key) = split_record_key(&stored_key)?;
+                let (version, tombstone) = decode_header(&value)?;
+                Ok((hash, entry_hash(key, version, tombstone)))
+            });
+            match folded {
+                Ok(delta) => chunk.push(delta),
+                Err(e) => tracing::error!("skipping an unreadable record while rebuilding Merkle trees: {e}"),
+            }
+            if chunk.len() == REBUILD_CHUNK {
+                forest.toggle_all(chunk.drain(..));
+            }
+        }
+        forest.toggle_all(chunk);
+        forest.set_ready();
+        tracing::info!("Merkle trees rebuilt");
+    })
+}
+
+fn spawn_periodic_fsync(
+    db: Database,
+    interval: Duration,
+    poisoned: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), StorageError> {
+    spawn_thread("storage-fsync", move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(interval);
+            if let Err(e) = db.persist(PersistMode::SyncData) {
+                poisoned.store(true, Ordering::Relaxed);
+                tracing::error!("periodic fsync failed; the node must stop: {e}");
+                return;
+            }
+        }
+    })
+}
+
+fn spawn_thread(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), StorageError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(run)
+        .map(|_| ())
+        .map_err(|e| StorageError::Fatal(format!("cannot start the {name} thread: {e}")))
+}
+
+// Storage keys start with the 8-byte hash; keep the codec and the range scan in step.
+const _: () = assert!(HASH_PREFIX == 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorumkv_client::clock::system_clock;
+    use quorumkv_client::ring::key_hash;
+
+    fn record(micros: u64, value: Option<&'static [u8]>) -> Record {
+        Record {
+            version: Version { micros, writer: 1 },
+            value: value.map(Bytes::from_static),
+        }
+    }
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            durability: DurabilityMode::Sync,
+            interval: Duration::from_millis(100),
+            partitions: 256,
+            max_hints_per_node: 3,
+        }
+    }
+
+    fn open(dir: &Path) -> FjallStorage {
+        FjallStorage::open(dir, options(), system_clock()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_newer_versions_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let key = Bytes::from_static(b"k");
+        assert!(store.apply(key.clone(), record(10, Some(b"a"))).await.unwrap().applied);
+        let stale = store.apply(key.clone(), record(5, Some(b"old"))).await.unwrap();
+        assert_eq!(
+            stale,
+            Applied {
+                applied: false,
+                current: Version { micros: 10, writer: 1 }
+            }
+        );
+        assert!(store.apply(key.clone(), record(11, None)).await.unwrap().applied);
+        assert_eq!(store.get(key.clone()).await.unwrap(), Some(record(11, None)));
+        assert_eq!(store.get(Bytes::from_static(b"none")).await.unwrap(), None);
+        let tombstones = store.tombstones(10).await.unwrap();
+        assert_eq!(tombstones.len(), 1);
+        assert!(store
+            .purge(key.clone(), Version { micros: 11, writer: 1 })
+            .await
+            .unwrap());
+        assert_eq!(store.get(key).await.unwrap(), None);
+        assert!(store.tombstones(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_to_one_key_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        let writes = (1..=200u64).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.apply(Bytes::from_static(b"k"), record(i, Some(b"x"))).await })
+        });
+        for w in writes.collect::<Vec<_>>() {
+            w.await.unwrap().unwrap();
+        }
+        let got = store.get(Bytes::from_static(b"k")).await.unwrap().unwrap();
+        assert_eq!(got.version.micros, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trees_after_restart_match_trees_kept_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_roots: Vec<u64>;
+        {
+            let store = open(dir.path());
+            for i in 0..500u64 {
+                let key = Bytes::from(format!("key{i}"));
+                store.apply(key.clone(), record(i + 1, Some(b"v"))).await.unwrap();
+                if i % 7 == 0 {
+                    store.apply(key, record(i + 1000, None)).await.unwrap();
+                }
+            }
+            live_roots = (0..256).map(|p| store.forest().root(p)).collect();
+            store.flush().await.unwrap();
+        }
+        let store = open(dir.path());
+        let start = tokio::time::Instant::now();
+        while !store.forest().is_ready() {
+            assert!(start.elapsed() < Duration::from_secs(10), "rebuild finishes");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rebuilt: Vec<u64> = (0..256).map(|p| store.forest().root(p)).collect();
+        assert_eq!(rebuilt, live_roots);
+        assert!(live_roots.iter().any(|r| *r != 0));
+    }
+
+    #[tokio::test]
+    async fn leaf_scans_return_exactly_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..300u64 {
+            store
+                .apply(Bytes::from(format!("key{i}")), record(1, Some(b"v")))
+                .await
+                .unwrap();
+        }
+        let shape = store.forest().shape();
+        let mut seen = 0;
+        for p in 0..256 {
+            let (start, _) = shape.leaf_range(p, 0);
+            let (_, end) = shape.leaf_range(p, shape.leaves() - 1);
+            for entry in store.entries(start, end).await.unwrap() {
+                assert_eq!(shape.partition(key_hash(&entry.key)), p);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 300);
+    }
+
+    #[tokio::test]
+    async fn hints_are_bounded_per_owner_and_removed_once_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..3u64 {
+            let stored = store
+                .store_hint("n3".into(), Bytes::from(format!("k{i}")), record(1, Some(b"v")))
+                .await;
+            assert_eq!(stored.unwrap(), HintStored::Stored);
+        }
+        let full = store
+            .store_hint("n3".into(), Bytes::from_static(b"k9"), record(1, Some(b"v")))
+            .await;
+        assert_eq!(full.unwrap(), HintStored::Full);
+        assert_eq!(store.hint_counts().get("n3"), Some(&3));
+        let held = store.hints_for("n3".into(), 10).await.unwrap();
+        assert_eq!(held.len(), 3);
+        let delivered = held.into_iter().map(|(k, r)| (k, r.version)).collect();
+        store.remove_hints("n3".into(), delivered).await.unwrap();
+        assert!(store.hints_for("n3".into(), 10).await.unwrap().is_empty());
+        assert_eq!(store.hint_counts().get("n3"), Some(&0));
+    }
+}

@@ -1,0 +1,105 @@
+//! Storage: the one async seam in front of the disk.
+//!
+//! [`Storage`] is what the node needs from its disk: records with compare-and-write
+//! (atomic per key), scans of a hash range for anti-entropy, hints held for other nodes,
+//! tombstones and their purge. [`FjallStorage`] implements it on fjall; the Merkle trees
+//! of the data ([`Forest`]) are kept up to date by the same code that writes the records,
+//! so they never disagree.
+
+mod codec;
+mod fjall_store;
+mod forest;
+mod writer;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use quorumkv_client::wire::Record;
+use quorumkv_client::Version;
+
+pub use codec::{decode_record, encode_record};
+pub use fjall_store::{FjallStorage, StoreOptions};
+pub use forest::Forest;
+
+/// The result of a compare-and-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The record was newer and is now stored (durably, in sync mode).
+    pub applied: bool,
+    /// The version stored after the call.
+    pub current: Version,
+}
+
+/// One key's state, as anti-entropy compares it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    /// The key.
+    pub key: Bytes,
+    /// Its stored version.
+    pub version: Version,
+    /// Whether that version is a tombstone.
+    pub tombstone: bool,
+}
+
+/// A stored tombstone and when it arrived here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The deleted key.
+    pub key: Bytes,
+    /// The tombstone's version.
+    pub version: Version,
+    /// When this node stored it (µs since the epoch, node clock).
+    pub arrived_micros: u64,
+}
+
+/// What happened to a hint handed to storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintStored {
+    /// Stored durably (or an equal or newer hint for the key was already there).
+    Stored,
+    /// The owner already has `max_hints_per_node` hints here; anti-entropy must do it.
+    Full,
+}
+
+/// Why storage failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The disk failed; the store refuses all further work and the node must stop.
+    #[error("storage failed fatally: {0}")]
+    Fatal(String),
+    /// A stored value cannot be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The store is closed.
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// What the node needs from its storage.
+pub trait Storage: Send + Sync + 'static {
+    /// The stored record of `key`, if any.
+    fn get(&self, key: Bytes) -> BoxFuture<'_, Result<Option<Record>, StorageError>>;
+    /// Stores `record` if it is newer than the stored one; atomic per key.
+    fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>>;
+    /// Every key whose hash lies in `[start, end]`, with its version, in hash order.
+    fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>>;
+    /// Holds `record` for `owner` until it can be delivered (newer hint per key wins).
+    fn store_hint(&self, owner: String, key: Bytes, record: Record) -> BoxFuture<'_, Result<HintStored, StorageError>>;
+    /// Up to `limit` hints held for `owner`.
+    fn hints_for(&self, owner: String, limit: usize) -> BoxFuture<'_, Result<Vec<(Bytes, Record)>, StorageError>>;
+    /// Forgets delivered hints (each only if it still holds the delivered version).
+    fn remove_hints(&self, owner: String, delivered: Vec<(Bytes, Version)>) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Hints held, per owner.
+    fn hint_counts(&self) -> HashMap<String, u64>;
+    /// Up to `limit` stored tombstones.
+    fn tombstones(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>>;
+    /// Removes a tombstone if `key` still holds exactly it; returns whether it did.
+    fn purge(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>>;
+    /// The Merkle trees of the stored records.
+    fn forest(&self) -> &Forest;
+    /// Makes every applied write durable (used at shutdown).
+    fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Whether a fatal error happened: the node must stop.
+    fn is_poisoned(&self) -> bool;
+}

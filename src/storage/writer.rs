@@ -1,0 +1,312 @@
+//! The single storage writer thread: compare-and-write, group commit and tree upkeep.
+//!
+//! Every change to the records, hints and tombstones goes through this thread. It drains
+//! whatever operations are queued, decides each one against the stored state (and the
+//! earlier operations of the same batch), writes the outcome as one fjall batch and, in
+//! `sync` mode, makes that batch durable with one fdatasync before anyone is answered
+//! (one fsync per write measured ~6.5k writes/s here; batches of 64 ~114k/s). After the
+//! commit the Merkle deltas of the batch are folded into the [`Forest`]. A failed commit
+//! poisons fjall: the store then refuses everything and the node must stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
+use quorumkv_client::clock::Clock;
+use quorumkv_client::ring::key_hash;
+use quorumkv_client::wire::Record;
+use quorumkv_client::Version;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{decode_header, encode_record, encode_tombstone, hint_key, record_key};
+use super::{Applied, Forest, HintStored, StorageError};
+use crate::merkle::{entry_hash, Hash};
+
+/// Most operations committed as one batch (bounds the latency of one commit).
+const MAX_BATCH: usize = 512;
+
+/// One change waiting for the writer thread.
+pub enum WriteOp {
+    /// Compare-and-write a record.
+    Apply {
+        key: Bytes,
+        record: Record,
+        done: oneshot::Sender<Result<Applied, StorageError>>,
+    },
+    /// Hold a record for another node.
+    StoreHint {
+        owner: String,
+        key: Bytes,
+        record: Record,
+        done: oneshot::Sender<Result<HintStored, StorageError>>,
+    },
+    /// Forget a delivered hint if it still holds `version`.
+    RemoveHint {
+        owner: String,
+        key: Bytes,
+        version: Version,
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Remove a tombstone if the key still holds exactly it.
+    Purge {
+        key: Bytes,
+        version: Version,
+        done: oneshot::Sender<Result<bool, StorageError>>,
+    },
+}
+
+/// The keyspaces and shared state the writer works on.
+pub struct Writer {
+    pub db: Database,
+    pub records: Keyspace,
+    pub hints: Keyspace,
+    pub tombstones: Keyspace,
+    pub persist: PersistMode,
+    pub poisoned: Arc<AtomicBool>,
+    pub forest: Arc<Forest>,
+    pub clock: Arc<dyn Clock>,
+    /// Hints held per owner (kept in step with the hints keyspace).
+    pub hint_counts: Arc<Mutex<HashMap<String, u64>>>,
+    /// Most hints held per owner.
+    pub max_hints_per_node: u64,
+}
+
+/// State of one batch being built.
+struct Batch {
+    batch: OwnedWriteBatch,
+    /// Record states written earlier in this batch, which the keyspace does not show yet:
+    /// storage key → (version, tombstone), `None` when removed.
+    records: HashMap<Vec<u8>, Option<(Version, bool)>>,
+    /// Hint versions written earlier in this batch: hint key → version, `None` when removed.
+    hints: HashMap<Vec<u8>, Option<Version>>,
+    /// Merkle changes to fold in after the commit.
+    deltas: Vec<(u64, Hash)>,
+    /// Hint count changes to apply after the commit.
+    hint_count_changes: Vec<(String, i64)>,
+}
+
+/// An operation's answer, sent once the batch is committed.
+enum Answer {
+    Apply(
+        oneshot::Sender<Result<Applied, StorageError>>,
+        Result<Applied, StorageError>,
+    ),
+    Hint(
+        oneshot::Sender<Result<HintStored, StorageError>>,
+        Result<HintStored, StorageError>,
+    ),
+    Unit(oneshot::Sender<Result<(), StorageError>>, Result<(), StorageError>),
+    Purge(oneshot::Sender<Result<bool, StorageError>>, Result<bool, StorageError>),
+}
+
+impl Writer {
+    /// Runs until every sender of `queue` is gone.
+    pub fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(ops);
+        }
+    }
+
+    fn commit(&self, ops: Vec<WriteOp>) {
+        let mut batch = Batch {
+            batch: self.db.batch().durability(Some(self.persist)),
+            records: HashMap::new(),
+            hints: HashMap::new(),
+            deltas: Vec::new(),
+            hint_count_changes: Vec::new(),
+        };
+        let answers: Vec<Answer> = ops.into_iter().map(|op| self.decide(op, &mut batch)).collect();
+        let Batch {
+            batch: fjall_batch,
+            deltas,
+            hint_count_changes,
+            ..
+        } = batch;
+        match fjall_batch.commit() {
+            Ok(()) => {
+                self.forest.toggle_all(deltas);
+                self.apply_hint_counts(hint_count_changes);
+                answers.into_iter().for_each(Answer::send);
+            }
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Relaxed);
+                tracing::error!("storage commit failed; the node must stop: {e}");
+                let err = StorageError::Fatal(e.to_string());
+                answers.into_iter().for_each(|a| a.fail(err.clone()));
+            }
+        }
+    }
+
+    fn decide(&self, op: WriteOp, batch: &mut Batch) -> Answer {
+        match op {
+            WriteOp::Apply { key, record, done } => Answer::Apply(done, self.apply(&key, &record, batch)),
+            WriteOp::StoreHint {
+                owner,
+                key,
+                record,
+                done,
+            } => Answer::Hint(done, self.store_hint(&owner, &key, &record, batch)),
+            WriteOp::RemoveHint {
+                owner,
+                key,
+                version,
+                done,
+            } => Answer::Unit(done, self.remove_hint(&owner, &key, version, batch)),
+            WriteOp::Purge { key, version, done } => Answer::Purge(done, self.purge(&key, version, batch)),
+        }
+    }
+
+    fn apply(&self, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
+        let stored_key = record_key(key);
+        let old = self.record_state(&stored_key, batch)?;
+        if let Some((current, _)) = old.filter(|(v, _)| *v >= record.version) {
+            return Ok(Applied {
+                applied: false,
+                current,
+            });
+        }
+        let tombstone = record.is_tombstone();
+        batch
+            .batch
+            .insert(&self.records, stored_key.as_slice(), encode_record(record));
+        if tombstone {
+            let arrived = self.clock.now_micros();
+            batch.batch.insert(
+                &self.tombstones,
+                stored_key.as_slice(),
+                encode_tombstone(record.version, arrived),
+            );
+        } else if old.is_some_and(|(_, was_tombstone)| was_tombstone) {
+            batch.batch.remove(&self.tombstones, stored_key.as_slice());
+        }
+        let mut delta = entry_hash(key, record.version, tombstone);
+        if let Some((old_version, old_tombstone)) = old {
+            delta ^= entry_hash(key, old_version, old_tombstone);
+        }
+        batch.deltas.push((key_hash(key), delta));
+        batch.records.insert(stored_key, Some((record.version, tombstone)));
+        Ok(Applied {
+            applied: true,
+            current: record.version,
+        })
+    }
+
+    fn purge(&self, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
+        let stored_key = record_key(key);
+        if self.record_state(&stored_key, batch)? != Some((version, true)) {
+            return Ok(false);
+        }
+        batch.batch.remove(&self.records, stored_key.as_slice());
+        batch.batch.remove(&self.tombstones, stored_key.as_slice());
+        batch.deltas.push((key_hash(key), entry_hash(key, version, true)));
+        batch.records.insert(stored_key, None);
+        Ok(true)
+    }
+
+    fn store_hint(
+        &self,
+        owner: &str,
+        key: &[u8],
+        record: &Record,
+        batch: &mut Batch,
+    ) -> Result<HintStored, StorageError> {
+        let stored_key = hint_key(owner, key);
+        let old = self.hint_version(&stored_key, batch)?;
+        if old.is_some_and(|v| v >= record.version) {
+            return Ok(HintStored::Stored);
+        }
+        if old.is_none() {
+            let pending: i64 = batch
+                .hint_count_changes
+                .iter()
+                .filter(|(o, _)| o == owner)
+                .map(|(_, c)| c)
+                .sum();
+            if self.hint_count(owner) as i64 + pending >= self.max_hints_per_node as i64 {
+                return Ok(HintStored::Full);
+            }
+            batch.hint_count_changes.push((owner.to_string(), 1));
+        }
+        batch
+            .batch
+            .insert(&self.hints, stored_key.as_slice(), encode_record(record));
+        batch.hints.insert(stored_key, Some(record.version));
+        Ok(HintStored::Stored)
+    }
+
+    fn remove_hint(&self, owner: &str, key: &[u8], version: Version, batch: &mut Batch) -> Result<(), StorageError> {
+        let stored_key = hint_key(owner, key);
+        if self.hint_version(&stored_key, batch)? == Some(version) {
+            batch.batch.remove(&self.hints, stored_key.as_slice());
+            batch.hints.insert(stored_key, None);
+            batch.hint_count_changes.push((owner.to_string(), -1));
+        }
+        Ok(())
+    }
+
+    fn record_state(&self, stored_key: &[u8], batch: &Batch) -> Result<Option<(Version, bool)>, StorageError> {
+        if let Some(state) = batch.records.get(stored_key) {
+            return Ok(*state);
+        }
+        match self.records.get(stored_key).map_err(fatal)? {
+            Some(bytes) => Ok(Some(decode_header(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn hint_version(&self, stored_key: &[u8], batch: &Batch) -> Result<Option<Version>, StorageError> {
+        if let Some(state) = batch.hints.get(stored_key) {
+            return Ok(*state);
+        }
+        match self.hints.get(stored_key).map_err(fatal)? {
+            Some(bytes) => Ok(Some(decode_header(&bytes)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn hint_count(&self, owner: &str) -> u64 {
+        let counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(owner).copied().unwrap_or(0)
+    }
+
+    fn apply_hint_counts(&self, changes: Vec<(String, i64)>) {
+        let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (owner, change) in changes {
+            let count = counts.entry(owner).or_insert(0);
+            *count = count.saturating_add_signed(change);
+        }
+    }
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Apply(tx, r) => drop(tx.send(r)),
+            Answer::Hint(tx, r) => drop(tx.send(r)),
+            Answer::Unit(tx, r) => drop(tx.send(r)),
+            Answer::Purge(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    fn fail(self, err: StorageError) {
+        match self {
+            Answer::Apply(tx, _) => drop(tx.send(Err(err))),
+            Answer::Hint(tx, _) => drop(tx.send(Err(err))),
+            Answer::Unit(tx, _) => drop(tx.send(Err(err))),
+            Answer::Purge(tx, _) => drop(tx.send(Err(err))),
+        }
+    }
+}
+
+pub fn fatal(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Fatal(e.to_string())
+}
