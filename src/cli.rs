@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use quorumkv_client::{Client, ClientConfig, ReadOptions, WriteOptions};
+use quorumkv_client::{Client, ClientConfig, ReadOptions, Record, RepairMode, WriteOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
@@ -63,6 +63,14 @@ enum Command {
     },
     /// Load generator: run workloads against the cluster and report latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Every node's view: peers up or down, partitions in agreement, repairs, hints.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print one JSON object per node instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +93,9 @@ struct WriteArgs {
     /// Request timeout in milliseconds (default from cluster.toml).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Let acknowledgements of hints held by fallback nodes count toward --w.
+    #[arg(long)]
+    sloppy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +111,20 @@ struct ReadArgs {
     /// Request timeout in milliseconds (default from cluster.toml).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Read repair of stale replicas: after the read (background), before it (blocking), or off.
+    #[arg(long, value_enum, default_value = "background")]
+    repair: Repair,
+    /// Read only this node's own copy, without a quorum (shows tombstones and versions).
+    #[arg(long, value_name = "NODE_ID")]
+    from: Option<String>,
+}
+
+/// `--repair` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Repair {
+    Background,
+    Blocking,
+    Off,
 }
 
 impl WriteArgs {
@@ -108,7 +133,7 @@ impl WriteArgs {
             n: self.n,
             w: self.w,
             timeout: self.timeout_ms.map(Duration::from_millis),
-            ..Default::default()
+            sloppy: self.sloppy,
         }
     }
 }
@@ -119,7 +144,11 @@ impl ReadArgs {
             n: self.n,
             r: self.r,
             timeout: self.timeout_ms.map(Duration::from_millis),
-            ..Default::default()
+            repair: match self.repair {
+                Repair::Background => RepairMode::Background,
+                Repair::Blocking => RepairMode::Blocking,
+                Repair::Off => RepairMode::Off,
+            },
         }
     }
 }
@@ -128,6 +157,18 @@ impl ReadArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(arg) => up(&load(&arg.config)?),
+        Command::Status { config, json } => {
+            let ids = load(&config.config)?.node_ids();
+            client_command(&config.config, |client| async move {
+                let report = crate::status::collect(&client, &ids).await;
+                crate::status::print(&report, json)?;
+                Ok(if report.iter().all(|r| r.status.is_ok()) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            })
+        }
         Command::Node { id, config } => run_node(&load(&config.config)?, &id),
         Command::Put { key, value, quorum } => {
             let options = quorum.options();
@@ -135,6 +176,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let version = client.put_with(key, value, &options).await?;
                 println!("ok (version {version})");
                 Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Get { key, quorum } if quorum.from.is_some() => {
+            let node = quorum.from.clone().unwrap_or_default();
+            client_command(&quorum.config.config, |client| async move {
+                match client.get_from(&node, key.clone()).await? {
+                    Some(Record {
+                        version,
+                        value: Some(value),
+                    }) => {
+                        println!("{}", String::from_utf8_lossy(&value));
+                        eprintln!("{key}: version {version} on {node}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Some(Record { version, value: None }) => {
+                        eprintln!("{key}: deleted (tombstone version {version}) on {node}");
+                        Ok(ExitCode::from(EXIT_NOT_FOUND))
+                    }
+                    None => {
+                        eprintln!("{key}: not found on {node}");
+                        Ok(ExitCode::from(EXIT_NOT_FOUND))
+                    }
+                }
             })
         }
         Command::Get { key, quorum } => {

@@ -23,6 +23,7 @@ pub mod peer;
 pub mod pki;
 pub mod replica;
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod tombstones;
 

@@ -93,3 +93,53 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_get_from_show_each_nodes_own_view() {
+    let mut cluster = TestCluster::start(Shape::three().with("[convergence]\nping_interval_ms = 100")).await;
+    let config = cluster.config_path.to_str().unwrap().to_string();
+    let client = cluster.client().await;
+    client.put("k", "v1").await.unwrap();
+    cluster.stop(2).await;
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || quorumkv(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let args = |list: &[&str]| {
+        list.iter()
+            .map(|s| s.to_string())
+            .chain(["--config".into(), config.clone()])
+            .collect::<Vec<_>>()
+    };
+
+    let from = run(args(&["get", "k", "--from", "n1"])).await.unwrap();
+    assert!(from.status.success(), "{}", text(&from.stderr));
+    assert_eq!(text(&from.stdout), "v1\n");
+    assert!(text(&from.stderr).contains("version"), "{}", text(&from.stderr));
+
+    let status = run(args(&["status", "--json"])).await.unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "one node is down, so status reports a failure"
+    );
+    let lines: Vec<serde_json::Value> = text(&status.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], "n1");
+    assert!(
+        lines[0]["status"]["partitions"].as_array().unwrap().len() > 100,
+        "n1 replicates most partitions"
+    );
+    assert!(
+        lines[2]["status"]["error"].is_string(),
+        "n3 is unreachable: {}",
+        lines[2]
+    );
+
+    let human = run(args(&["status"])).await.unwrap();
+    let human = text(&human.stdout);
+    assert!(human.contains("n1  up") && human.contains("n3  UNREACHABLE"), "{human}");
+    cluster.shutdown().await;
+}
