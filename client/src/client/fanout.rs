@@ -5,7 +5,8 @@
 //! whose replica fails (or is known to be down) is handed to a fallback node as a hint
 //! when the cluster has hinted handoff on; hint acknowledgements count toward `w` only
 //! for sloppy writes. Replicas that time out or cannot be reached are remembered as down
-//! for [`DOWN_BACKOFF`], during which writes go straight to a fallback.
+//! for [`DOWN_BACKOFF`], during which requests skip them (writes go straight to a
+//! fallback).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,7 +47,7 @@ impl Health {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    fn observe(&self, node: usize, result: &Result<Response, FailureReason>) {
+    pub(super) fn observe(&self, node: usize, result: &Result<Response, FailureReason>) {
         let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
         let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = down.get_mut(node) {
