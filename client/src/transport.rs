@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::wire::{decode, encode_frame, split_frame, Frame, FrameError};
+use crate::wire::{decode, frame_bytes, split_frame, Frame, FrameError};
 
 /// Long-lived streams per connection.
 pub const LANES: usize = 2;
@@ -201,14 +201,13 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
     /// Sends `request` and waits for its response (no timeout: callers add their own).
     pub async fn call(&self, request: Q) -> Result<A, TransportError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = BytesMut::new();
-        encode_frame(&Frame { id, body: request }, &mut frame)?;
+        let frame = frame_bytes(&Frame { id, body: request })?;
         self.traffic.count_sent(frame.len());
         if frame.len() > OWN_STREAM_THRESHOLD {
-            return self.call_on_own_stream(frame.freeze()).await;
+            return self.call_on_own_stream(frame).await;
         }
         let lane = &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
-        lane.call(id, frame.freeze()).await
+        lane.call(id, frame).await
     }
 
     async fn call_on_own_stream(&self, frame: Bytes) -> Result<A, TransportError> {
