@@ -18,12 +18,14 @@ fn cluster_toml() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// Runs `quorumkv bench --spawn --json` with `args` and returns the parsed report.
-fn bench(config: &Path, args: &[&str]) -> Value {
+/// Runs `quorumkv bench --spawn --json --concurrency 8` in `cwd` with `args` and returns
+/// the parsed report.
+fn bench(cwd: &Path, config: &Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        .current_dir(cwd)
         .arg("bench")
         .args(args)
-        .args(["--spawn", "--json", "--config"])
+        .args(["--spawn", "--json", "--concurrency", "8", "--config"])
         .arg(config)
         .output()
         .expect("run quorumkv bench");
@@ -47,7 +49,7 @@ fn assert_sane(stats: &Value, count: u64) {
 #[test]
 fn write_workload_counts_every_operation() {
     let (dir, config) = cluster_toml();
-    let report = bench(&config, &["--workload", "w", "--ops", "300", "--concurrency", "8"]);
+    let report = bench(dir.path(), &config, &["--workload", "w", "--ops", "300"]);
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 1, "{report}");
     let w = &phases[0];
@@ -67,18 +69,10 @@ fn write_workload_counts_every_operation() {
 
 #[test]
 fn load_then_read_finds_every_key() {
-    let (_dir, config) = cluster_toml();
-    let args = [
-        "--workload",
-        "load,c",
-        "--keys",
-        "200",
-        "--ops",
-        "300",
-        "--concurrency",
-        "8",
-    ];
-    let report = bench(&config, &args);
+    let (dir, _) = cluster_toml();
+    let args = ["--workload", "load,c", "--keys", "200", "--ops", "300"];
+    // A bare file name, as in the default `--config cluster.toml`.
+    let report = bench(dir.path(), Path::new("cluster.toml"), &args);
     let phases = report["phases"].as_array().unwrap();
     let names: Vec<_> = phases.iter().map(|p| p["workload"].as_str().unwrap()).collect();
     assert_eq!(names, ["load", "c"], "{report}");
