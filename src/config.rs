@@ -51,7 +51,7 @@ pub struct ClusterConfig {
 
 /// Default n/w/r and timeout of requests that do not choose their own.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Defaults {
     /// Replicas contacted.
     pub n: usize,
@@ -76,7 +76,7 @@ impl Default for Defaults {
 
 /// Size and clock limits.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest key, in bytes.
     pub max_key_bytes: usize,
@@ -98,7 +98,7 @@ impl Default for Limits {
 
 /// When an acknowledged write is on disk.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Durability {
     /// `sync`: fsync before acknowledging (group commit); `periodic`: fsync every interval.
     pub mode: DurabilityMode,
@@ -200,12 +200,12 @@ fn default_replication_factor() -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or has unknown or mistyped fields.
     #[error("{path}: {message}")]
@@ -231,9 +231,9 @@ const MAX_PARTITIONS: u32 = 65_536;
 impl ClusterConfig {
     /// Reads, parses and validates a cluster.toml.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         ClusterConfig::parse(&text, base_dir).map_err(|e| e.with_path(path))
@@ -516,6 +516,17 @@ mod tests {
             let err = error_of(&text);
             assert!(err.contains(expected), "expected {expected:?} in: {err}");
         }
+    }
+
+    #[test]
+    fn sections_may_name_only_some_fields() {
+        let c = ClusterConfig::parse(&format!("{GOOD}\n[durability]\nmode = \"periodic\""), PathBuf::new()).unwrap();
+        assert_eq!(
+            (c.durability.mode, c.durability.interval_ms),
+            (DurabilityMode::Periodic, 100)
+        );
+        let c = ClusterConfig::parse(&format!("{GOOD}\n[defaults]\nr = 3"), PathBuf::new()).unwrap();
+        assert_eq!((c.defaults.n, c.defaults.w, c.defaults.r), (3, 2, 3));
     }
 
     #[test]

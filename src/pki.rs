@@ -8,6 +8,7 @@
 //! for development only; production clusters configure `[tls] dir` with their own CA.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use quorumkv_client::tls::{layout, TlsIdentity, SEED_SERVER_NAME};
 use rcgen::{
@@ -21,12 +22,12 @@ const CA_NAME: &str = "quorumkv development CA";
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Certificate generation failed.
     #[error("cannot generate certificates: {0}")]
@@ -106,7 +107,10 @@ fn leaf(name: &str, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, Strin
 /// Returns false if another process created `target` first (its files are kept).
 fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool, PkiError> {
     let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tls");
-    let temp = target.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    // Unique per process and per call: the nodes of `quorumkv up` race from one process.
+    static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+    let attempt = ATTEMPT.fetch_add(1, Ordering::Relaxed);
+    let temp = target.with_file_name(format!(".{file_name}.tmp-{}-{attempt}", std::process::id()));
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir_all(&temp).map_err(io(&temp))?;
     for (name, contents) in files {
@@ -121,15 +125,15 @@ fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool,
         }
         Err(e) => Err(PkiError::Io {
             path: target.into(),
-            source: e,
+            error: e,
         }),
     }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
+    move |error| PkiError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -147,6 +151,26 @@ mod tests {
         let again = identity(&tls, "n1", true).unwrap();
         assert_eq!(again.chain, n1.chain, "existing certificates are reused");
         assert!(n1.server_config().is_ok() && client.client_config().is_ok());
+    }
+
+    #[test]
+    fn threads_of_one_process_racing_on_a_fresh_directory_agree_on_one_ca() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let tls = dir.path().join("tls");
+            let ids: Vec<TlsIdentity> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..8)
+                    .map(|i| {
+                        s.spawn({
+                            let tls = tls.clone();
+                            move || identity(&tls, &format!("n{}", i % 3), true)
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap().unwrap()).collect()
+            });
+            assert!(ids.iter().all(|id| id.ca == ids[0].ca), "one CA for every identity");
+        }
     }
 
     #[test]

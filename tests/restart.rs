@@ -133,14 +133,15 @@ async fn sigterm_stops_a_local_cluster_cleanly() {
     let config_path = dir.path().join("cluster.toml");
     std::fs::write(&config_path, config_text(&Shape::three(), &free_addrs(3))).unwrap();
     let config = quorumkv::config::ClusterConfig::load(&config_path).unwrap();
-    let identity = quorumkv::pki::identity(&config.tls_dir().0, "client", true).unwrap();
-    let client_config = ClientConfig::new(config.nodes.iter().map(|n| n.addr).collect(), identity);
     let log_path = dir.path().join("up.log");
+    // A fresh data directory: the three nodes of `up` (and this test) race to create the CA.
     let mut up = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
         .args(["up", "--config", config_path.to_str().unwrap()])
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    let identity = quorumkv::pki::identity(&config.tls_dir().0, "client", true).unwrap();
+    let client_config = ClientConfig::new(config.nodes.iter().map(|n| n.addr).collect(), identity);
     let client = connect(&client_config).await;
     client.put("survives", "shutdown").await.unwrap();
 
