@@ -122,7 +122,7 @@ def main():
         cluster.start("n3")
         since = int(restarted * 1e6)
         if args.foreground:
-            during = cluster.bench("--workload", "c", "--keys", str(args.keys), "--duration", "5")
+            during = cluster.bench("--workload", "c", "--keys", str(args.keys), "--duration", "10")
             print(f"reads while n3 is repaired: {during['phases'][0]['ops_per_s']:.0f} reads/s")
         wait_for("n3 agrees with every replica", lambda: agreed_since(cluster.status().get("n3", {}), since))
         elapsed = time.time() - restarted
@@ -139,7 +139,7 @@ def main():
         print(f"in agreement: n1 sent {(end['bytes_sent'] - start['bytes_sent']) / rounds:.0f} bytes per round "
               f"({rounds} rounds), {end['records_pushed'] - start['records_pushed']} records")
         if args.foreground:
-            steady = cluster.bench("--workload", "c", "--keys", str(args.keys), "--duration", "5")
+            steady = cluster.bench("--workload", "c", "--keys", str(args.keys), "--duration", "10")
             print(f"reads once in agreement: {steady['phases'][0]['ops_per_s']:.0f} reads/s")
     finally:
         cluster.stop_all()

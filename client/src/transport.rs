@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -169,6 +170,18 @@ pub struct MuxConnection<Q, A> {
     _requests: std::marker::PhantomData<fn(Q)>,
 }
 
+impl<Q, A> MuxConnection<Q, A> {
+    /// Whether this connection can no longer carry requests.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some() || self.lanes.iter().any(|l| l.closed.load(Ordering::Relaxed))
+    }
+
+    /// The underlying QUIC connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 impl<Q: Serialize, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
     /// Opens the lanes on an established connection.
     pub async fn open(conn: Connection, max_frame: usize, traffic: Arc<Traffic>) -> Result<Self, TransportError> {
@@ -186,16 +199,6 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
             traffic,
             _requests: std::marker::PhantomData,
         })
-    }
-
-    /// Whether this connection can no longer carry requests.
-    pub fn is_closed(&self) -> bool {
-        self.conn.close_reason().is_some() || self.lanes.iter().any(|l| l.closed.load(Ordering::Relaxed))
-    }
-
-    /// The underlying QUIC connection.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
     }
 
     /// Sends `request` and waits for its response (no timeout: callers add their own).
@@ -299,8 +302,22 @@ pub struct Destination {
     pub server_name: String,
 }
 
-/// A destination's cached connection, if any; the lock also serialises dialling.
-type Slot<Q, A> = tokio::sync::Mutex<Option<Arc<MuxConnection<Q, A>>>>;
+/// Longest wait for a connection handshake (a dead address never answers; QUIC would
+/// otherwise wait for its idle timeout).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed dial, calls to that destination fail at once for this long instead of
+/// queueing behind another doomed dial.
+pub const DIAL_RETRY: Duration = Duration::from_secs(1);
+
+/// One destination's connection state.
+struct Slot<Q, A> {
+    /// The live connection, if any. A std mutex: only ever held to clone or swap.
+    conn: Mutex<Option<Arc<MuxConnection<Q, A>>>>,
+    /// Serialises dialling, so concurrent callers share one handshake.
+    dialing: tokio::sync::Mutex<()>,
+    /// When and why the last dial failed.
+    failed: Mutex<Option<(Instant, String)>>,
+}
 
 /// One cached connection per destination, dialled on first use and re-dialled after it
 /// breaks. Shared by the client (client protocol) and the node (peer protocol).
@@ -323,7 +340,14 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> ConnectionPool<Q, A> {
         destinations: Vec<Destination>,
         max_frame: usize,
     ) -> Self {
-        let slots = destinations.iter().map(|_| tokio::sync::Mutex::new(None)).collect();
+        let slots = destinations
+            .iter()
+            .map(|_| Slot {
+                conn: Mutex::new(None),
+                dialing: tokio::sync::Mutex::new(()),
+                failed: Mutex::new(None),
+            })
+            .collect();
         ConnectionPool {
             endpoint,
             tls,
@@ -350,29 +374,59 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> ConnectionPool<Q, A> {
             .slots
             .get(index)
             .ok_or_else(|| TransportError::Lost(format!("no destination {index}")))?;
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(conn.clone());
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
         }
+        slot.check_recent_failure()?;
+        let _dialing = slot.dialing.lock().await;
+        // Another caller may have dialled (or failed) while we waited.
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        slot.check_recent_failure()?;
         let destination = &self.destinations[index];
-        let conn = dial(
-            &self.endpoint,
-            &self.tls,
-            destination,
-            self.max_frame,
-            self.traffic.clone(),
-        )
-        .await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let traffic = self.traffic.clone();
+        let dialled = tokio::time::timeout(
+            DIAL_TIMEOUT,
+            dial(&self.endpoint, &self.tls, destination, self.max_frame, traffic),
+        );
+        let result = match dialled.await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Lost(format!(
+                "{}: no handshake within {DIAL_TIMEOUT:?}",
+                destination.addr
+            ))),
+        };
+        match &result {
+            Ok(conn) => *lock(&slot.conn) = Some(conn.clone()),
+            Err(e) => *lock(&slot.failed) = Some((Instant::now(), e.to_string())),
+        }
+        result
     }
 
     /// Closes every cached connection.
     pub async fn close_all(&self) {
         for slot in &self.slots {
-            if let Some(conn) = slot.lock().await.take() {
+            let _dialing = slot.dialing.lock().await;
+            if let Some(conn) = lock(&slot.conn).take() {
                 conn.connection().close(0u32.into(), b"closing");
             }
+        }
+    }
+}
+
+impl<Q, A> Slot<Q, A> {
+    fn live(&self) -> Option<Arc<MuxConnection<Q, A>>> {
+        lock(&self.conn).as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    fn check_recent_failure(&self) -> Result<(), TransportError> {
+        match &*lock(&self.failed) {
+            Some((at, why)) if at.elapsed() < DIAL_RETRY => Err(TransportError::Lost(format!(
+                "{why} ({} ms ago; retrying after {DIAL_RETRY:?})",
+                at.elapsed().as_millis()
+            ))),
+            _ => Ok(()),
         }
     }
 }
