@@ -92,7 +92,7 @@ def agreed_since(status, since_micros):
 
 
 def totals(statuses):
-    keys = ["records_pushed", "records_pulled", "bytes_sent", "bytes_received", "rounds"]
+    keys = ["records_pulled", "bytes_sent", "bytes_received", "rounds"]
     return {k: sum(s.get("anti_entropy", {}).get(k, 0) for s in statuses.values()) for k in keys}
 
 
@@ -129,7 +129,7 @@ def main():
         after = totals(cluster.status())
         moved = {k: after[k] - before[k] for k in after}
         print(f"converged {args.keys} missed keys in {elapsed:.2f} s (hints {args.hints}, "
-              f"interval {args.interval_ms} ms): anti-entropy moved {moved['records_pushed'] + moved['records_pulled']} records, "
+              f"interval {args.interval_ms} ms): anti-entropy moved {moved['records_pulled']} records, "
               f"{moved['bytes_sent'] / 1024:.0f} KiB sent")
         start = cluster.status()["n1"]["anti_entropy"]
         wait_for("5 rounds in agreement", lambda: cluster.status()["n1"]["anti_entropy"]["rounds"] >= start["rounds"] + 5,
@@ -137,7 +137,7 @@ def main():
         end = cluster.status()["n1"]["anti_entropy"]
         rounds = end["rounds"] - start["rounds"]
         print(f"in agreement: n1 sent {(end['bytes_sent'] - start['bytes_sent']) / rounds:.0f} bytes per round "
-              f"({rounds} rounds), {end['records_pushed'] - start['records_pushed']} records")
+              f"({rounds} rounds), {end['records_pulled'] - start['records_pulled']} records")
         if args.foreground:
             steady = cluster.bench("--workload", "c", "--keys", str(args.keys), "--duration", "10")
             print(f"reads once in agreement: {steady['phases'][0]['ops_per_s']:.0f} reads/s")

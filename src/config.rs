@@ -122,9 +122,9 @@ pub struct Convergence {
     /// Pause between anti-entropy rounds (each round compares every shared partition with
     /// every peer that is up); a random jitter of up to a quarter is added.
     pub anti_entropy_interval_ms: u64,
-    /// Most records one node pushes or pulls per second through anti-entropy.
+    /// Most records one node pulls per second through anti-entropy.
     pub anti_entropy_keys_per_sec: u64,
-    /// Most record bytes one node pushes or pulls per second through anti-entropy.
+    /// Most record bytes one node pulls per second through anti-entropy.
     pub anti_entropy_bytes_per_sec: u64,
     /// Whether clients hand writes for unreachable replicas to a fallback node.
     pub hinted_handoff: bool,

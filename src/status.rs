@@ -69,9 +69,8 @@ pub fn summary(report: &NodeReport, now_micros: u64) -> String {
     let ae = &status.anti_entropy;
     let _ = writeln!(
         out,
-        "    anti-entropy: {} rounds, {} records pushed, {} pulled, {} KiB sent, {} KiB received",
+        "    anti-entropy: {} rounds, {} records pulled, {} KiB sent, {} KiB received",
         ae.rounds,
-        ae.records_pushed,
         ae.records_pulled,
         ae.bytes_sent / 1024,
         ae.bytes_received / 1024

@@ -223,9 +223,7 @@ pub struct ReplicaAgreement {
 pub struct AntiEntropyCounters {
     /// Sync rounds this node started.
     pub rounds: u64,
-    /// Records this node pushed to peers.
-    pub records_pushed: u64,
-    /// Records this node pulled from peers.
+    /// Records this node pulled from peers and applied (syncs only pull).
     pub records_pulled: u64,
     /// Bytes of anti-entropy frames this node sent.
     pub bytes_sent: u64,

@@ -25,7 +25,6 @@ pub struct PairState {
 pub struct Agreement {
     pairs: Mutex<HashMap<(u32, usize), PairState>>,
     rounds: AtomicU64,
-    records_pushed: AtomicU64,
     records_pulled: AtomicU64,
     /// Hints refused because the owner's hint store was full.
     pub hints_refused: AtomicU64,
@@ -54,17 +53,15 @@ impl Agreement {
         self.rounds.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts records moved by this node's syncs.
-    pub fn moved(&self, pushed: u64, pulled: u64) {
-        self.records_pushed.fetch_add(pushed, Ordering::Relaxed);
-        self.records_pulled.fetch_add(pulled, Ordering::Relaxed);
+    /// Counts records this node's syncs pulled and applied.
+    pub fn pulled(&self, records: u64) {
+        self.records_pulled.fetch_add(records, Ordering::Relaxed);
     }
 
     /// Totals, with the byte counts of the anti-entropy connections.
     pub fn counters(&self, bytes_sent: u64, bytes_received: u64) -> AntiEntropyCounters {
         AntiEntropyCounters {
             rounds: self.rounds.load(Ordering::Relaxed),
-            records_pushed: self.records_pushed.load(Ordering::Relaxed),
             records_pulled: self.records_pulled.load(Ordering::Relaxed),
             bytes_sent,
             bytes_received,

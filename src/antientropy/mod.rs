@@ -6,8 +6,11 @@
 //!    hashes of the partitions whose roots differ (one round trip when in agreement);
 //! 2. send our leaf hashes under the inner nodes that differ; the peer answers with its
 //!    key/version lists of the leaves that differ;
-//! 3. compare the lists ([`compare::plan`]) and, in batches of at most
-//!    [`crate::peer::EXCHANGE_BYTES`], push our newer records and pull theirs.
+//! 3. compare the lists ([`compare::pulls`]) and pull the peer's newer records in batches
+//!    of at most [`crate::peer::EXCHANGE_BYTES`], each applied as one group commit.
+//!
+//! A sync only pulls: the peer's own syncs pull what it lacks from us. (Pushing as well
+//! made a node that missed writes receive every record once from each other replica.)
 //!
 //! Record traffic is paced by a keys/s and bytes/s budget from cluster.toml, and uses
 //! connections of its own, so repairs never sit in front of foreground requests.
@@ -27,7 +30,7 @@ pub use agreement::Agreement;
 
 use crate::context::NodeContext;
 use crate::merkle::differing;
-use crate::peer::{chunk_by_bytes, KeyedRecord, PeerRequest, PeerResponse, EXCHANGE_BYTES};
+use crate::peer::{KeyedRecord, PeerRequest, PeerResponse};
 use crate::storage::StorageError;
 
 /// Longest wait for one anti-entropy request.
@@ -83,13 +86,6 @@ impl Budget {
 pub struct AntiEntropy {
     ctx: Arc<NodeContext>,
     budget: Budget,
-}
-
-/// Keys to move in one sync, by partition.
-#[derive(Default)]
-struct Moves {
-    push: Vec<(u32, Bytes)>,
-    pull: Vec<(u32, Bytes)>,
 }
 
 impl AntiEntropy {
@@ -168,12 +164,13 @@ impl AntiEntropy {
         if leaves.is_empty() {
             return Ok(());
         }
-        let moves = self.plan_moves(peer, leaves).await?;
-        self.transfer(peer, moves).await
+        let pulls = self.plan_moves(peer, leaves).await?;
+        self.transfer(peer, pulls).await
     }
 
     /// Compares our entries of every differing leaf with the peer's.
-    async fn plan_moves(&self, peer: usize, leaves: Vec<(u32, u32, u64)>) -> Result<Moves, SyncError> {
+    /// Keys the peer holds newer (or we lack), with their partitions.
+    async fn plan_moves(&self, peer: usize, leaves: Vec<(u32, u32, u64)>) -> Result<Vec<(u32, Bytes)>, SyncError> {
         let theirs = match self.call(peer, PeerRequest::Leaves { leaves }).await? {
             PeerResponse::Entries { leaves } => leaves,
             other => return Err(SyncError::Unexpected(format!("{other:?}"))),
@@ -181,76 +178,62 @@ impl AntiEntropy {
         let shape = self.ctx.storage.forest().shape();
         let now = self.ctx.clock.now_micros();
         let grace = self.ctx.tombstone_grace().as_micros() as u64;
-        let mut moves = Moves::default();
+        let mut pulls = Vec::new();
         for (partition, leaf, their_entries) in theirs {
             let (start, end) = shape.leaf_range(partition, leaf as usize);
             let mine = self.ctx.storage.entries(start, end).await?;
-            let plan = compare::plan(&mine, &their_entries, now, grace);
-            moves.push.extend(plan.push.into_iter().map(|k| (partition, k)));
-            moves.pull.extend(plan.pull.into_iter().map(|k| (partition, k)));
+            let wanted = compare::pulls(&mine, &their_entries, now, grace);
+            pulls.extend(wanted.into_iter().map(|k| (partition, k)));
         }
-        Ok(moves)
+        Ok(pulls)
     }
 
-    /// Pushes our newer records and pulls the peer's, in budgeted batches.
-    async fn transfer(&self, peer: usize, moves: Moves) -> Result<(), SyncError> {
+    /// Pulls the peer's newer records in budgeted batches and applies each batch at once
+    /// (one group commit per batch).
+    async fn transfer(&self, peer: usize, pulls: Vec<(u32, Bytes)>) -> Result<(), SyncError> {
+        let partition_of: HashMap<Bytes, u32> = pulls.iter().map(|(p, k)| (k.clone(), *p)).collect();
         let mut repaired: HashMap<u32, u64> = HashMap::new();
-        let partition_of: HashMap<Bytes, u32> = moves
-            .push
-            .iter()
-            .chain(&moves.pull)
-            .map(|(p, k)| (k.clone(), *p))
-            .collect();
-        let mut records = Vec::new();
-        for (_, key) in &moves.push {
-            if let Some(record) = self.ctx.storage.get(key.clone()).await? {
-                records.push(KeyedRecord {
-                    key: key.clone(),
-                    record,
-                });
-            }
-        }
-        let pushed = records.len() as u64;
-        for batch in chunk_by_bytes(records, EXCHANGE_BYTES) {
-            let bytes = batch.iter().map(KeyedRecord::size).sum();
-            self.budget.take(batch.len(), bytes).await;
-            let keys: Vec<Bytes> = batch.iter().map(|r| r.key.clone()).collect();
-            let (applied, _) = self.exchange(peer, batch, Vec::new()).await?;
-            for (key, _) in keys.iter().zip(applied).filter(|(_, applied)| *applied) {
-                *repaired.entry(partition_of.get(key).copied().unwrap_or(0)).or_default() += 1;
-            }
-        }
+        let mut queue: Vec<Bytes> = pulls.into_iter().map(|(_, k)| k).collect();
         let mut pulled = 0;
-        for keys in moves.pull.chunks(PULL_BATCH) {
-            let keys: Vec<Bytes> = keys.iter().map(|(_, k)| k.clone()).collect();
-            let (_, records) = self.exchange(peer, Vec::new(), keys).await?;
+        while !queue.is_empty() {
+            let keys: Vec<Bytes> = queue.drain(..queue.len().min(PULL_BATCH)).collect();
+            let (records, unserved) = self.pull(peer, keys).await?;
+            if records.is_empty() && !unserved.is_empty() {
+                return Err(SyncError::Unexpected("the peer served none of the pulled keys".into()));
+            }
+            queue.extend(unserved);
             self.budget
                 .take(records.len(), records.iter().map(KeyedRecord::size).sum())
                 .await;
-            for r in records {
-                if self.ctx.storage.apply(r.key.clone(), r.record).await?.applied {
+            let keys: Vec<Bytes> = records.iter().map(|r| r.key.clone()).collect();
+            let applies = records.into_iter().map(|r| self.ctx.storage.apply(r.key, r.record));
+            for (key, outcome) in keys.iter().zip(futures_util::future::join_all(applies).await) {
+                if outcome?.applied {
                     pulled += 1;
-                    *repaired
-                        .entry(partition_of.get(&r.key).copied().unwrap_or(0))
-                        .or_default() += 1;
+                    *repaired.entry(partition_of.get(key).copied().unwrap_or(0)).or_default() += 1;
                 }
             }
         }
         for (partition, keys) in repaired {
             self.ctx.agreement.repaired(partition, peer, keys);
         }
-        self.ctx.agreement.moved(pushed, pulled);
+        self.ctx.agreement.pulled(pulled);
         Ok(())
     }
 
-    async fn exchange(
-        &self,
-        peer: usize,
-        push: Vec<KeyedRecord>,
-        pull: Vec<Bytes>,
-    ) -> Result<(Vec<bool>, Vec<KeyedRecord>), SyncError> {
-        match self.call(peer, PeerRequest::Exchange { push, pull }).await? {
-            PeerResponse::Exchanged { applied, records } => Ok((applied, records)),
+    /// The records of `keys` the peer holds, and the keys it left for a later request.
+    async fn pull(&self, peer: usize, keys: Vec<Bytes>) -> Result<(Vec<KeyedRecord>, Vec<Bytes>), SyncError> {
+        match self
+            .call(
+                peer,
+                PeerRequest::Exchange {
+                    push: Vec::new(),
+                    pull: keys,
+                },
+            )
+            .await?
+        {
+            PeerResponse::Exchanged { records, unserved, .. } => Ok((records, unserved)),
             other => Err(SyncError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -265,9 +248,9 @@ impl AntiEntropy {
     }
 }
 
-/// Keys pulled per request (their records come back in one frame; values may be large,
-/// so keep it modest).
-const PULL_BATCH: usize = 64;
+/// Keys pulled per request; the peer answers with at most
+/// [`crate::peer::EXCHANGE_BYTES`] of records and says which keys it left for later.
+const PULL_BATCH: usize = 1024;
 
 /// A pseudo-random duration in `[0, max)` from `seed` (no randomness source needed).
 pub fn jitter(max: Duration, seed: u64) -> Duration {

@@ -82,6 +82,8 @@ pub enum PeerResponse {
         applied: Vec<bool>,
         /// The pulled records (keys the receiver does not hold are left out).
         records: Vec<KeyedRecord>,
+        /// Pulled keys not served because the answer reached [`EXCHANGE_BYTES`]: ask again.
+        unserved: Vec<Bytes>,
     },
     /// The receiver's Merkle trees are still being rebuilt; try later.
     NotReady,

@@ -2,15 +2,19 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::join_all;
 use quorumkv_client::clock::Clock;
 use quorumkv_client::ring::Ring;
 
-use super::{KeyedRecord, PeerRequest, PeerResponse};
+use super::{KeyedRecord, PeerRequest, PeerResponse, EXCHANGE_BYTES};
 use crate::antientropy::Agreement;
 use crate::merkle::Hash;
 use crate::server::Handler;
 use crate::storage::{Storage, StorageError};
+
+/// Reads of pulled keys in flight at once.
+const READ_CONCURRENCY: usize = 64;
 
 /// Answers the peer protocol from this node's storage and trees.
 pub struct PeerService {
@@ -64,22 +68,49 @@ impl PeerService {
         Ok(PeerResponse::Entries { leaves: out })
     }
 
-    async fn exchange(&self, push: Vec<KeyedRecord>, pull: Vec<bytes::Bytes>) -> Result<PeerResponse, StorageError> {
+    async fn exchange(&self, push: Vec<KeyedRecord>, pull: Vec<Bytes>) -> Result<PeerResponse, StorageError> {
         let applies = push.into_iter().map(|r| self.storage.apply(r.key, r.record));
         let mut applied = Vec::new();
         for outcome in join_all(applies).await {
             applied.push(outcome?.applied);
         }
-        let reads = pull
-            .into_iter()
-            .map(|key| async move { (key.clone(), self.storage.get(key).await) });
-        let mut records = Vec::new();
-        for (key, found) in join_all(reads).await {
-            if let Some(record) = found? {
-                records.push(KeyedRecord { key, record });
+        let (records, unserved) = self.read_up_to(pull, EXCHANGE_BYTES).await?;
+        Ok(PeerResponse::Exchanged {
+            applied,
+            records,
+            unserved,
+        })
+    }
+
+    /// The records of `keys` (absent keys left out) until they add up to `max_bytes`
+    /// (plus at most one record); the keys not reached are returned for a later request.
+    async fn read_up_to(
+        &self,
+        keys: Vec<Bytes>,
+        max_bytes: usize,
+    ) -> Result<(Vec<KeyedRecord>, Vec<Bytes>), StorageError> {
+        let (mut records, mut unserved, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for chunk in keys.chunks(READ_CONCURRENCY) {
+            if bytes >= max_bytes {
+                unserved.extend_from_slice(chunk);
+                continue;
+            }
+            let reads = chunk
+                .iter()
+                .map(|key| async move { (key.clone(), self.storage.get(key.clone()).await) });
+            for (key, found) in join_all(reads).await {
+                match found? {
+                    Some(_) if bytes >= max_bytes => unserved.push(key),
+                    Some(record) => {
+                        let record = KeyedRecord { key, record };
+                        bytes += record.size();
+                        records.push(record);
+                    }
+                    None => {}
+                }
             }
         }
-        Ok(PeerResponse::Exchanged { applied, records })
+        Ok((records, unserved))
     }
 }
 
