@@ -178,6 +178,9 @@ struct BenchReport {
     phases: Vec<PhaseReport>,
 }
 
+/// Longest wait for a run's background sends (writes beyond w, hints) at the end.
+const BACKGROUND_LIMIT: Duration = Duration::from_secs(10);
+
 /// Runs `quorumkv bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.durability.is_some() && !args.spawn {
@@ -222,7 +225,10 @@ async fn bench(args: &BenchArgs, workloads: Vec<Workload>) -> anyhow::Result<Ben
             Some(cluster) => cluster.connect(client_identity(&cluster.config)?).await?,
             None => connect(&ClusterConfig::load(&args.config)?).await?,
         };
-        run_phases(args, &client, &workloads).await
+        let reports = run_phases(args, &client, &workloads).await;
+        // Writes beyond w and hints finish before the cluster (or this process) goes away.
+        client.finish_background(BACKGROUND_LIMIT).await;
+        reports
     }
     .await;
     if let Some(cluster) = spawned {

@@ -246,7 +246,11 @@ where
             pki::identity(&tls_dir, pki_client_name(), generate).context("loading the client certificate")?;
         let seeds = config.nodes.iter().map(|n| n.addr).collect();
         let client = Client::connect(ClientConfig::new(seeds, identity)).await?;
-        action(client).await
+        let result = action(client.clone()).await;
+        // Let the sends the request returned without (writes beyond w, hints) finish.
+        let limit = Duration::from_millis(config.defaults.timeout_ms);
+        client.finish_background(limit).await;
+        result
     })
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{copies, wait_until, Shape, TestCluster};
+use common::{copies, reachable, wait_until, Shape, TestCluster};
 use quorumkv_client::clock::Clock;
 use quorumkv_client::{Client, ClientError, FailureReason, ReadOptions, WriteOptions};
 
@@ -114,8 +114,11 @@ async fn read_returns_the_newest_of_its_answers() {
     let old = client.put_with("k", "old", &w(3, 3)).await.unwrap();
     cluster.stop(0).await;
     let new = client.put_with("k", "new", &w(3, 2)).await.unwrap();
+    // The send to n1 must have failed before n1 is back, or it would deliver the write.
+    assert!(client.finish_background(DEADLINE).await);
     cluster.restart(0).await;
-    let held = copies(&client, &ids, "k").await;
+    reachable(&client, "n1").await;
+    let held = copies(&client, &ids, "k").await.unwrap();
     assert_eq!(
         held[0].as_ref().map(|r| r.version),
         Some(old),
@@ -147,7 +150,7 @@ async fn concurrent_writers_leave_every_replica_on_one_version() {
     }
     let client = cluster.client().await;
     let agreed = wait_until("replicas agree", DEADLINE, || async {
-        let held = copies(&client, &ids, "contended").await;
+        let held = copies(&client, &ids, "contended").await?;
         let versions: Vec<_> = held.iter().map(|r| r.as_ref().map(|r| r.version)).collect();
         match versions.iter().all(|v| v.is_some() && *v == versions[0]) {
             true => Ok(held[0].clone()),
@@ -182,7 +185,12 @@ async fn five_nodes_with_three_replicas_serve_every_n() {
                 .unwrap();
             let found = client.get_with(key.clone(), &r(n, n)).await.unwrap();
             assert_eq!(found.unwrap().value, format!("value {i}"), "n={n} {key}");
-            let holders = copies(&client, &ids, &key).await.iter().filter(|c| c.is_some()).count();
+            let holders = copies(&client, &ids, &key)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|c| c.is_some())
+                .count();
             assert_eq!(holders, n, "with w = n, exactly the first n replicas of {key} hold it");
         }
     }

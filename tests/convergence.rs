@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{copies, wait_until, Shape, TestCluster};
+use common::{copies, reachable, wait_until, Shape, TestCluster};
 use futures_util::stream::{self, StreamExt};
 use quorumkv_client::{Client, ReadOptions, RepairMode, Version, WriteOptions};
 
@@ -81,13 +81,7 @@ async fn wait_until_node_holds(client: &Client, id: &str, keys: &[(String, Versi
 /// stopped replica has really missed the writes (a send still dialling it would otherwise
 /// reach it once it restarts).
 async fn settle(client: &Client) {
-    wait_until("the client's sends finish", DEADLINE, || async {
-        match client.stats().sends_in_flight() {
-            0 => Ok(()),
-            n => Err(format!("{n} in flight")),
-        }
-    })
-    .await
+    assert!(client.finish_background(DEADLINE).await, "the client's sends finish");
 }
 
 async fn catch_up_after_outage(settings: &[&str]) -> (TestCluster, Client) {
@@ -150,6 +144,7 @@ async fn make_n1_stale(cluster: &mut TestCluster, client: &Client, key: &'static
     let new = client.put_with(key, "new", &w(2)).await.unwrap();
     settle(client).await;
     cluster.restart(0).await;
+    reachable(client, "n1").await;
     let held = client.get_from("n1", key).await.unwrap().unwrap();
     assert!(held.version < new, "n1 missed the second write");
     new
@@ -283,7 +278,7 @@ async fn a_key_deleted_during_an_outage_stays_deleted() {
     cluster.restart(2).await;
     // Anti-entropy spreads the tombstone; after the grace period every replica purges it.
     wait_until("every replica forgets the key", DEADLINE, || async {
-        let held = copies(&client, &ids, "doomed").await;
+        let held = copies(&client, &ids, "doomed").await?;
         if held.iter().all(Option::is_none) {
             Ok(())
         } else {

@@ -60,10 +60,6 @@ pub enum FailureReason {
     /// No answer within the request's timeout.
     #[error("timed out")]
     Timeout,
-    /// Not heard from yet when enough other replicas had failed that the quorum was
-    /// already impossible (the request stopped waiting early).
-    #[error("no answer yet when the quorum became impossible")]
-    Unanswered,
     /// The connection could not be made or broke.
     #[error("unreachable: {0}")]
     Unreachable(String),

@@ -64,6 +64,11 @@ impl QuorumTracker {
         }
     }
 
+    /// Answers still expected.
+    pub fn outstanding(&self) -> usize {
+        self.contacted.saturating_sub(self.acked + self.failures.len())
+    }
+
     /// Replicas that acknowledged.
     pub fn acked(&self) -> usize {
         self.acked

@@ -116,8 +116,7 @@ impl Recorder {
 }
 
 /// A short, stable name for what went wrong, for counting errors by kind. A quorum
-/// failure is named after the first replica failure that is not merely "unanswered"
-/// (which only says the request stopped waiting once the quorum was lost).
+/// failure is named after its first replica failure.
 pub fn error_kind(e: &ClientError) -> String {
     match e {
         ClientError::InvalidOptions(_) => "invalid_options".into(),
@@ -125,20 +124,16 @@ pub fn error_kind(e: &ClientError) -> String {
         ClientError::NoSeed(_) => "no_seed".into(),
         ClientError::Tls(_) => "tls".into(),
         ClientError::Endpoint(_) => "endpoint".into(),
-        ClientError::Unavailable { failures, .. } => {
-            let telling = failures.iter().find(|f| f.reason != FailureReason::Unanswered);
-            match telling.or(failures.first()) {
-                Some(failure) => reason_kind(&failure.reason),
-                None => "unavailable".into(),
-            }
-        }
+        ClientError::Unavailable { failures, .. } => match failures.first() {
+            Some(failure) => reason_kind(&failure.reason),
+            None => "unavailable".into(),
+        },
     }
 }
 
 fn reason_kind(reason: &FailureReason) -> String {
     match reason {
         FailureReason::Timeout => "timeout".into(),
-        FailureReason::Unanswered => "unanswered".into(),
         FailureReason::Unreachable(_) => "unreachable".into(),
         FailureReason::Stale { .. } => "stale".into(),
         // Named after the variant, so kinds added to the protocol need no change here.
@@ -319,15 +314,11 @@ mod tests {
         };
         let cases = [
             (ClientError::InvalidOptions("w".into()), "invalid_options"),
-            (
-                unavailable(&[FailureReason::Unanswered, FailureReason::Timeout]),
-                "timeout",
-            ),
+            (unavailable(&[FailureReason::Timeout]), "timeout"),
             (unavailable(&[FailureReason::Unreachable("x".into())]), "unreachable"),
             (unavailable(&[stale]), "stale"),
             (unavailable(&[storage]), "refused_storage"),
             (unavailable(&[epoch]), "refused_stale_epoch"),
-            (unavailable(&[FailureReason::Unanswered]), "unanswered"),
             (unavailable(&[]), "unavailable"),
         ];
         for (error, kind) in cases {

@@ -225,12 +225,27 @@ where
 }
 
 /// Every replica's own copy of `key`.
-pub async fn copies(client: &Client, ids: &[String], key: &str) -> Vec<Option<Record>> {
+/// Waits until `client` gets an answer from node `id` (after a restart, a client may
+/// still be backing off from its failed dials for a moment).
+pub async fn reachable(client: &Client, id: &str) {
+    wait_until(&format!("{id} answers"), Duration::from_secs(30), || async {
+        client.status(id).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Every replica's own copy of `key`; an error names the node that did not answer.
+pub async fn copies(client: &Client, ids: &[String], key: &str) -> Result<Vec<Option<Record>>, String> {
     let mut out = Vec::new();
     for id in ids {
-        out.push(client.get_from(id, key.to_string()).await.unwrap_or(None));
+        out.push(
+            client
+                .get_from(id, key.to_string())
+                .await
+                .map_err(|e| format!("{id}: {e}"))?,
+        );
     }
-    out
+    Ok(out)
 }
 
 pub fn init_tracing() {

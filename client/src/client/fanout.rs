@@ -57,18 +57,42 @@ impl Health {
 }
 
 /// Counts one send (and its hint) as in flight until dropped.
-struct InFlight(Arc<AtomicU64>);
+struct InFlight(Arc<Background>);
 
 impl InFlight {
-    fn start(counter: &Arc<AtomicU64>) -> InFlight {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter.clone())
+    fn start(background: &Arc<Background>) -> InFlight {
+        background.count.fetch_add(1, Ordering::Relaxed);
+        InFlight(background.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Sends still running, and a signal for when none are.
+#[derive(Debug, Default)]
+pub struct Background {
+    /// Sends (with their hints) not finished yet.
+    pub count: AtomicU64,
+    /// Notified whenever `count` drops to zero.
+    idle: tokio::sync::Notify,
+}
+
+impl Background {
+    /// Resolves once no send is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -106,7 +130,7 @@ impl Inner {
         let (tx, rx) = mpsc::channel::<Answer>(2 * targets.len().max(1));
         for (i, &node) in targets.iter().enumerate() {
             let (inner, tx, request) = (self.clone(), tx.clone(), request.clone());
-            let in_flight = InFlight::start(&self.stats.sends_in_flight);
+            let in_flight = InFlight::start(&self.stats.background);
             // Each failed target tries the fallbacks starting at its own offset, spreading hints.
             let candidates: Vec<usize> = fallbacks
                 .iter()
@@ -116,14 +140,19 @@ impl Inner {
                 .copied()
                 .collect();
             tokio::spawn(async move {
-                let skip = hints.enabled && inner.health.is_down(node);
-                let result = match skip {
-                    true => Err(FailureReason::Unreachable(
-                        "recently failed; writing a hint instead".into(),
-                    )),
-                    false => inner.call_with_timeout(node, request.clone(), timeout).await,
+                // A replica that just failed is skipped for a while instead of waiting out
+                // another timeout (its write goes to a fallback when hints are on).
+                let result = match inner.health.is_down(node) {
+                    true => Err(FailureReason::Unreachable(format!(
+                        "failed in the last {DOWN_BACKOFF:?}"
+                    ))),
+                    false => {
+                        let result = inner.call_with_timeout(node, request.clone(), timeout).await;
+                        // Only a real attempt says anything new about the replica's health.
+                        inner.health.observe(node, &result);
+                        result
+                    }
                 };
-                inner.health.observe(node, &result);
                 let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
                 let _ = tx.send((Source::Replica(node), result)).await;
                 if hints.enabled && failed {
@@ -139,7 +168,8 @@ impl Inner {
     /// Hands `request` (a put) for `owner` to the first fallback that is not known down.
     async fn send_hint(&self, owner: usize, candidates: &[usize], request: Request, timeout: Duration) -> Answer {
         let Request::Put { epoch, key, record } = request else {
-            return (Source::Hint { holder: owner, owner }, Err(FailureReason::Unanswered));
+            let reason = FailureReason::Unreachable("only writes are handed off".into());
+            return (Source::Hint { holder: owner, owner }, Err(reason));
         };
         let owner_id = self.cluster.members[owner].id.clone();
         let usable = candidates
@@ -164,8 +194,8 @@ impl Inner {
         (Source::Hint { holder, owner }, result)
     }
 
-    /// Collects answers until `plan.needed` succeeded (per `judge`), that became
-    /// impossible, or the timeout passed. Returns the successes with their source and
+    /// Collects answers until `plan.needed` succeeded (per `judge`), every contacted
+    /// replica answered, or the timeout passed. Returns the successes with their source and
     /// what is left of the channel (the stragglers).
     pub(super) async fn collect<T>(
         &self,
@@ -180,14 +210,12 @@ impl Inner {
         let mut heard = vec![false; self.cluster.members.len()];
         let deadline = tokio::time::sleep(plan.timeout);
         tokio::pin!(deadline);
-        let mut unanswered = FailureReason::Unanswered;
-        while tracker.state() == QuorumState::Pending {
+        // Stop as soon as the quorum is reached; when it cannot be, still hear the others
+        // out (up to the deadline) so the error says how many did acknowledge.
+        while tracker.state() != QuorumState::Reached && tracker.outstanding() > 0 {
             let (source, answer) = tokio::select! {
                 Some(a) = answers.recv() => a,
-                _ = &mut deadline => {
-                    unanswered = FailureReason::Timeout;
-                    break;
-                }
+                _ = &mut deadline => break,
             };
             let (node, counts) = match source {
                 Source::Replica(node) => (node, true),
@@ -217,7 +245,7 @@ impl Inner {
             return Ok((results, answers));
         }
         for &node in targets.iter().filter(|&&n| !heard[n]) {
-            tracker.fail(self.failure(node, unanswered.clone()));
+            tracker.fail(self.failure(node, FailureReason::Timeout));
         }
         Err(ClientError::Unavailable {
             needed: tracker.needed(),

@@ -29,7 +29,7 @@ use crate::transport::{ConnectionPool, Destination, TransportError};
 use crate::version::{HybridClock, Version};
 use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
-use fanout::{Health, HintPolicy};
+use fanout::{Background, Health, HintPolicy};
 use repair::MAX_CONCURRENT_REPAIRS;
 
 pub use fanout::DOWN_BACKOFF;
@@ -79,7 +79,7 @@ pub struct ClientStats {
     pub hints_sent: AtomicU64,
     /// Sends to replicas (and their hints) still running, including those a request
     /// returned without waiting for.
-    pub sends_in_flight: Arc<AtomicU64>,
+    pub background: Arc<Background>,
 }
 
 /// A connection to a quorumkv cluster. Cheap to clone; clones share connections.
@@ -245,6 +245,15 @@ impl Client {
         self.ask_one(node_id, request, read_answer).await
     }
 
+    /// Waits until the sends a request returned without (writes beyond `w`, hints for
+    /// failed replicas) have finished, at most `limit`. Call it before exiting a short-lived
+    /// process so that every replica gets its copy; returns whether all finished.
+    pub async fn finish_background(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.inner.stats.background.idle())
+            .await
+            .is_ok()
+    }
+
     /// One node's view of its peers, partitions and repairs.
     pub async fn status(&self, node_id: &str) -> Result<NodeStatus, ClientError> {
         self.ask_one(node_id, Request::Status, |response| match response {
@@ -262,12 +271,10 @@ impl Client {
     ) -> Result<T, ClientError> {
         let node = self.inner.member_index(node_id)?;
         let timeout = Duration::from_millis(self.inner.cluster.defaults.timeout_ms);
-        let answer = self
-            .inner
-            .call_with_timeout(node, request, timeout)
-            .await
-            .and_then(judge);
-        answer.map_err(|reason| ClientError::Unavailable {
+        let answer = self.inner.call_with_timeout(node, request, timeout).await;
+        // A direct ask is a real attempt: it tells whether the node is up again.
+        self.inner.health.observe(node, &answer);
+        answer.and_then(judge).map_err(|reason| ClientError::Unavailable {
             needed: 1,
             acked: 0,
             contacted: 1,
@@ -404,6 +411,6 @@ impl ClientStats {
 
     /// Sends still running, including background completions of finished writes.
     pub fn sends_in_flight(&self) -> u64 {
-        self.sends_in_flight.load(Ordering::Relaxed)
+        self.background.count.load(Ordering::Relaxed)
     }
 }
