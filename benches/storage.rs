@@ -61,6 +61,7 @@ impl Bench {
             interval: FSYNC_INTERVAL,
             partitions: 256,
             max_hints_per_node: 1024,
+            cache_bytes: 256 << 20,
         };
         let store = FjallStorage::open(dir.path(), options, system_clock()).expect("open store");
         Bench {

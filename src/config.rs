@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     /// Read repair, anti-entropy, hinted handoff, failure detection and tombstones.
     #[serde(default)]
     pub convergence: Convergence,
+    /// The storage engine's memory.
+    #[serde(default)]
+    pub storage: StorageSettings,
     /// Certificates; when absent, a development CA is generated under `data_dir/tls`.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -112,6 +115,21 @@ impl Default for Durability {
             mode: DurabilityMode::Sync,
             interval_ms: 100,
         }
+    }
+}
+
+/// The storage engine's memory.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// fjall's block cache per node, in MiB. fjall's own default (32 MiB) is smaller than
+    /// the index and hot data of a node holding a few hundred MB.
+    pub block_cache_mb: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings { block_cache_mb: 256 }
     }
 }
 
@@ -327,11 +345,17 @@ impl ClusterConfig {
             ("anti_entropy_bytes_per_sec", c.anti_entropy_bytes_per_sec, "33554432"),
             ("hint_delivery_interval_ms", c.hint_delivery_interval_ms, "1000"),
             ("ping_interval_ms", c.ping_interval_ms, "1000"),
+            ("storage.block_cache_mb", self.storage.block_cache_mb, "256"),
             ("down_after_missed_pings", c.down_after_missed_pings as u64, "3"),
         ];
         for (name, value, example) in positive {
             if value == 0 {
-                problems.push(format!("convergence.{name} = 0: must be positive, e.g. {example}"));
+                let field = if name.contains('.') {
+                    name.to_string()
+                } else {
+                    format!("convergence.{name}")
+                };
+                problems.push(format!("{field} = 0: must be positive, e.g. {example}"));
             }
         }
     }

@@ -67,6 +67,7 @@ impl NodeParts {
             interval: Duration::from_millis(config.durability.interval_ms),
             partitions: config.partitions,
             max_hints_per_node: config.convergence.max_hints_per_node,
+            cache_bytes: config.storage.block_cache_mb << 20,
         };
         let clock = system_clock();
         let storage = FjallStorage::open(&dir, options, clock.clone())

@@ -2,7 +2,7 @@
 //!
 //! Records are keyed by `key_hash(key)` (8 bytes, big-endian) followed by the key, so a
 //! partition, and a Merkle leaf, is one contiguous key range. Values start with a format
-//! marker. Hints are keyed by `owner id, 0x00, record key`. Tombstones are indexed by
+//! marker; the versions keyspace holds just that header (marker, version, flag). Hints are keyed by `owner id, 0x00, record key`. Tombstones are indexed by
 //! record key with their version and arrival time.
 
 use bytes::Bytes;
@@ -47,15 +47,20 @@ pub fn split_record_key(stored: &[u8]) -> Result<(u64, &[u8]), StorageError> {
 pub fn encode_record(record: &Record) -> Vec<u8> {
     let value_len = record.value.as_ref().map_or(0, Bytes::len);
     let mut out = Vec::with_capacity(HEADER + value_len);
-    out.push(FORMAT_V1);
-    out.extend_from_slice(&record.version.to_bytes());
-    match &record.value {
-        Some(value) => {
-            out.push(FLAG_VALUE);
-            out.extend_from_slice(value);
-        }
-        None => out.push(FLAG_TOMBSTONE),
+    out.extend_from_slice(&encode_header(record.version, record.is_tombstone()));
+    if let Some(value) = &record.value {
+        out.extend_from_slice(value);
     }
+    out
+}
+
+/// The header of a stored record alone (what the versions keyspace holds): format
+/// marker, version, flag. [`decode_header`] reads it like a whole record.
+pub fn encode_header(version: Version, tombstone: bool) -> [u8; HEADER] {
+    let mut out = [0u8; HEADER];
+    out[0] = FORMAT_V1;
+    out[1..1 + Version::ENCODED_LEN].copy_from_slice(&version.to_bytes());
+    out[HEADER - 1] = if tombstone { FLAG_TOMBSTONE } else { FLAG_VALUE };
     out
 }
 

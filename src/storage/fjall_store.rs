@@ -1,8 +1,10 @@
 //! [`FjallStorage`]: the [`Storage`] seam on fjall.
 //!
-//! Three keyspaces: `records` (the data), `hints` (records held for other nodes) and
-//! `tombstones` (an index of deletes with their arrival time, so purging never scans the
-//! data). Writes go through the writer thread ([`super::writer`]); reads and scans run on
+//! Four keyspaces: `records` (the data), `versions` (each record's version and tombstone
+//! flag, 18 bytes: compare-and-write, anti-entropy scans and the tree rebuild read only
+//! these, never values), `hints` (records held for other nodes) and `tombstones` (an
+//! index of deletes with their arrival time, so purging never scans the data). Writes go
+//! through the writer thread ([`super::writer`]); reads and scans run on
 //! blocking threads. At open a snapshot is taken before the writer starts, and a scan of
 //! it rebuilds the Merkle trees while the node already serves: live writes fold their
 //! deltas into the same trees, which is exact because XOR updates commute. In `periodic`
@@ -47,12 +49,17 @@ pub struct StoreOptions {
     pub partitions: u32,
     /// Most hints held per owner.
     pub max_hints_per_node: u64,
+    /// fjall's block cache, in bytes.
+    pub cache_bytes: u64,
 }
 
 /// fjall-backed [`Storage`].
 pub struct FjallStorage {
     db: Database,
     records: Keyspace,
+    /// Version and tombstone flag per record (see the writer): scanned by anti-entropy
+    /// and the tree rebuild, so they never read values.
+    versions: Keyspace,
     hints: Keyspace,
     tombstones: Keyspace,
     /// Queue of the writer thread.
@@ -68,8 +75,12 @@ pub struct FjallStorage {
 impl FjallStorage {
     /// Opens (or creates) the store in `dir`, starts its writer thread and the tree rebuild.
     pub fn open(dir: &Path, options: StoreOptions, clock: Arc<dyn Clock>) -> Result<FjallStorage, StorageError> {
-        let db = Database::builder(dir).open().map_err(fatal)?;
+        let db = Database::builder(dir)
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(fatal)?;
         let records = db.keyspace("records", KeyspaceCreateOptions::default).map_err(fatal)?;
+        let versions = db.keyspace("versions", KeyspaceCreateOptions::default).map_err(fatal)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default).map_err(fatal)?;
         let tombstones = db
             .keyspace("tombstones", KeyspaceCreateOptions::default)
@@ -77,11 +88,12 @@ impl FjallStorage {
         let forest = Arc::new(Forest::new(options.partitions));
         let hint_counts = Arc::new(Mutex::new(count_hints(&hints)?));
         // Taken before the writer starts: every later write is a delta on top of it.
-        spawn_rebuild(db.clone(), records.clone(), forest.clone())?;
+        spawn_rebuild(db.clone(), versions.clone(), forest.clone())?;
         let poisoned = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
+            versions: versions.clone(),
             hints: hints.clone(),
             tombstones: tombstones.clone(),
             persist: match options.durability {
@@ -103,6 +115,7 @@ impl FjallStorage {
         Ok(FjallStorage {
             db,
             records,
+            versions,
             hints,
             tombstones,
             writes: tx,
@@ -161,7 +174,7 @@ impl Storage for FjallStorage {
     }
 
     fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
-        let records = self.records.clone();
+        let versions = self.versions.clone();
         Box::pin(self.blocking(move || {
             let upper = match end.checked_add(1) {
                 Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
@@ -169,7 +182,7 @@ impl Storage for FjallStorage {
             };
             let range = (Bound::Included(start.to_be_bytes().to_vec()), upper);
             let mut out = Vec::new();
-            for guard in records.range::<Vec<u8>, _>(range) {
+            for guard in versions.range::<Vec<u8>, _>(range) {
                 let (stored_key, value) = guard.into_inner().map_err(fatal)?;
                 let (_, key) = split_record_key(&stored_key)?;
                 let (version, tombstone) = decode_header(&value)?;
@@ -272,11 +285,11 @@ fn count_hints(hints: &Keyspace) -> Result<HashMap<String, u64>, StorageError> {
 }
 
 /// Folds every record of a snapshot taken now into the trees, on its own thread.
-fn spawn_rebuild(db: Database, records: Keyspace, forest: Arc<Forest>) -> Result<(), StorageError> {
+fn spawn_rebuild(db: Database, versions: Keyspace, forest: Arc<Forest>) -> Result<(), StorageError> {
     let snapshot = db.snapshot();
     spawn_thread("merkle-rebuild", move || {
         let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
-        for guard in snapshot.iter(&records) {
+        for guard in snapshot.iter(&versions) {
             let folded = guard.into_inner().map_err(fatal).and_then(|(stored_key, value)| {
                 let (hash, key) = split_record_key(&stored_key)?;
                 let (version, tombstone) = decode_header(&value)?;
@@ -344,6 +357,7 @@ mod tests {
             interval: Duration::from_millis(100),
             partitions: 256,
             max_hints_per_node: 3,
+            cache_bytes: 32 << 20,
         }
     }
 

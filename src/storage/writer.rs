@@ -20,7 +20,7 @@ use quorumkv_client::wire::Record;
 use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_header, encode_record, encode_tombstone, hint_key, record_key};
+use super::codec::{decode_header, encode_header, encode_record, encode_tombstone, hint_key, record_key};
 use super::{Applied, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 
@@ -61,6 +61,9 @@ pub enum WriteOp {
 pub struct Writer {
     pub db: Database,
     pub records: Keyspace,
+    /// Version and tombstone flag of every record: what compare-and-write reads, so a
+    /// write never loads the value it replaces.
+    pub versions: Keyspace,
     pub hints: Keyspace,
     pub tombstones: Keyspace,
     pub persist: PersistMode,
@@ -178,6 +181,11 @@ impl Writer {
         batch
             .batch
             .insert(&self.records, stored_key.as_slice(), encode_record(record));
+        batch.batch.insert(
+            &self.versions,
+            stored_key.as_slice(),
+            encode_header(record.version, tombstone),
+        );
         if tombstone {
             let arrived = self.clock.now_micros();
             batch.batch.insert(
@@ -206,6 +214,7 @@ impl Writer {
             return Ok(false);
         }
         batch.batch.remove(&self.records, stored_key.as_slice());
+        batch.batch.remove(&self.versions, stored_key.as_slice());
         batch.batch.remove(&self.tombstones, stored_key.as_slice());
         batch.deltas.push((key_hash(key), entry_hash(key, version, true)));
         batch.records.insert(stored_key, None);
@@ -257,7 +266,7 @@ impl Writer {
         if let Some(state) = batch.records.get(stored_key) {
             return Ok(*state);
         }
-        match self.records.get(stored_key).map_err(fatal)? {
+        match self.versions.get(stored_key).map_err(fatal)? {
             Some(bytes) => Ok(Some(decode_header(&bytes)?)),
             None => Ok(None),
         }
