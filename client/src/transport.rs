@@ -309,6 +309,16 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// queueing behind another doomed dial.
 pub const DIAL_RETRY: Duration = Duration::from_secs(1);
 
+impl Destination {
+    /// Where member `member` listens, under the name its certificate carries.
+    pub fn of(member: &crate::wire::Member) -> Destination {
+        Destination {
+            addr: member.addr,
+            server_name: member.id.clone(),
+        }
+    }
+}
+
 /// One destination's connection state.
 struct Slot<Q, A> {
     /// The live connection, if any. A std mutex: only ever held to clone or swap.

@@ -97,14 +97,7 @@ pub type PeerPool = ConnectionPool<PeerRequest, PeerResponse>;
 /// A pool dialling every member of `config` (indices match the member list) from
 /// `endpoint` with this node's identity.
 pub fn peer_pool(config: &ClusterConfig, endpoint: quinn::Endpoint, tls: quinn::ClientConfig) -> PeerPool {
-    let destinations = config
-        .nodes
-        .iter()
-        .map(|n| Destination {
-            addr: n.addr,
-            server_name: n.id.clone(),
-        })
-        .collect();
+    let destinations = config.cluster_info().members.iter().map(Destination::of).collect();
     ConnectionPool::new(endpoint, tls, destinations, peer_max_frame(config))
 }
 

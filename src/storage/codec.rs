@@ -137,12 +137,7 @@ pub fn decode_tombstone(bytes: &[u8]) -> Result<(Version, u64), StorageError> {
 mod tests {
     use super::*;
 
-    fn record(micros: u64, value: Option<&'static [u8]>) -> Record {
-        Record {
-            version: Version { micros, writer: 1 },
-            value: value.map(Bytes::from_static),
-        }
-    }
+    use crate::storage::test_record as record;
 
     #[test]
     fn layouts_round_trip() {

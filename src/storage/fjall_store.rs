@@ -344,12 +344,7 @@ mod tests {
     use quorumkv_client::clock::system_clock;
     use quorumkv_client::ring::key_hash;
 
-    fn record(micros: u64, value: Option<&'static [u8]>) -> Record {
-        Record {
-            version: Version { micros, writer: 1 },
-            value: value.map(Bytes::from_static),
-        }
-    }
+    use crate::storage::test_record as record;
 
     fn options() -> StoreOptions {
         StoreOptions {

@@ -76,6 +76,15 @@ pub enum StorageError {
     Closed,
 }
 
+/// A record for tests: `value` or a tombstone, written by writer 1 at `micros`.
+#[cfg(test)]
+pub(crate) fn test_record(micros: u64, value: Option<&'static [u8]>) -> Record {
+    Record {
+        version: Version { micros, writer: 1 },
+        value: value.map(Bytes::from_static),
+    }
+}
+
 /// What the node needs from its storage.
 pub trait Storage: Send + Sync + 'static {
     /// The stored record of `key`, if any.

@@ -115,14 +115,7 @@ impl Client {
         let writer = config
             .writer_id
             .unwrap_or_else(|| random_writer_id(config.clock.as_ref()));
-        let destinations = cluster
-            .members
-            .iter()
-            .map(|m| Destination {
-                addr: m.addr,
-                server_name: m.id.clone(),
-            })
-            .collect();
+        let destinations = cluster.members.iter().map(Destination::of).collect();
         let max_frame = cluster.max_key_bytes + cluster.max_value_bytes + FRAME_OVERHEAD;
         let inner = Inner {
             nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
