@@ -12,6 +12,7 @@
 //! stderr). Against a running cluster nothing is added: run `--workload load` once with
 //! the same `--keys` first; reads of keys that are missing count as `not found`.
 
+mod cpu;
 mod report;
 mod run;
 mod spawn;
@@ -225,7 +226,8 @@ async fn bench(args: &BenchArgs, workloads: Vec<Workload>) -> anyhow::Result<Ben
             Some(cluster) => cluster.connect(client_identity(&cluster.config)?).await?,
             None => connect(&ClusterConfig::load(&args.config)?).await?,
         };
-        let reports = run_phases(args, &client, &workloads).await;
+        let node_pids = spawned.as_ref().map(SpawnedCluster::pids).unwrap_or_default();
+        let reports = run_phases(args, &client, &workloads, &node_pids).await;
         // Writes beyond w and hints finish before the cluster (or this process) goes away.
         client.finish_background(BACKGROUND_LIMIT).await;
         reports
@@ -267,7 +269,12 @@ async fn connect(config: &ClusterConfig) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-async fn run_phases(args: &BenchArgs, client: &Client, workloads: &[Workload]) -> anyhow::Result<Vec<PhaseReport>> {
+async fn run_phases(
+    args: &BenchArgs,
+    client: &Client,
+    workloads: &[Workload],
+    node_pids: &[u32],
+) -> anyhow::Result<Vec<PhaseReport>> {
     let max_value = client.cluster().max_value_bytes;
     if args.value_size > max_value {
         bail!(
@@ -298,7 +305,7 @@ async fn run_phases(args: &BenchArgs, client: &Client, workloads: &[Workload]) -
             write,
             seed: args.seed,
         };
-        reports.push(run_phase(client, &phase).await?);
+        reports.push(run_phase(client, &phase, node_pids).await?);
     }
     Ok(reports)
 }

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use quorumkv_client::{ClientError, FailureReason};
 use serde::Serialize;
 
+use super::cpu::CpuUse;
 use super::workload::{Op, Workload};
 
 /// Longest latency a histogram holds exactly, in µs; longer ones are clamped to it.
@@ -100,6 +101,11 @@ impl Recorder {
         }
     }
 
+    /// Successful operations of every type.
+    pub fn successes(&self) -> u64 {
+        self.read.latency.len() + self.write.latency.len()
+    }
+
     /// Adds `other`'s measurements to these.
     pub fn merge(&mut self, other: &Recorder) -> anyhow::Result<()> {
         self.read.merge(&other.read)?;
@@ -170,6 +176,8 @@ pub struct PhaseReport {
     pub operations: BTreeMap<&'static str, OpStats>,
     /// Failed operations by kind.
     pub errors_by_kind: BTreeMap<String, ErrorSummary>,
+    /// CPU per operation, when it could be measured.
+    pub cpu: Option<CpuUse>,
 }
 
 /// Throughput and latency of one operation type.
@@ -217,7 +225,7 @@ impl OpStats {
 
 impl PhaseReport {
     /// The report of a phase that took `elapsed` and measured `rec`.
-    pub fn new(workload: Workload, elapsed: Duration, rec: Recorder) -> PhaseReport {
+    pub fn new(workload: Workload, elapsed: Duration, rec: Recorder, cpu: Option<CpuUse>) -> PhaseReport {
         // Guards the rates against a zero-length phase (e.g. `--ops 0`).
         let elapsed_s = elapsed.as_secs_f64().max(1e-9);
         let mut operations = BTreeMap::new();
@@ -226,7 +234,7 @@ impl PhaseReport {
                 operations.insert(name, OpStats::of(slot, elapsed_s));
             }
         }
-        let ops = rec.read.latency.len() + rec.write.latency.len();
+        let ops = rec.successes();
         PhaseReport {
             workload,
             elapsed_s,
@@ -235,6 +243,7 @@ impl PhaseReport {
             errors: rec.read.errors + rec.write.errors,
             operations,
             errors_by_kind: rec.errors,
+            cpu,
         }
     }
 
@@ -269,6 +278,17 @@ impl PhaseReport {
                 ms(s.max_us),
                 s.errors,
                 s.not_found
+            );
+        }
+        if let Some(cpu) = &self.cpu {
+            let nodes = cpu
+                .nodes_us_per_op
+                .map(|us| format!(", nodes {us:.1} µs/op"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  cpu: client {:.1} µs/op{nodes}, {:.2} cores busy",
+                cpu.client_us_per_op, cpu.cores
             );
         }
         for (kind, e) in &self.errors_by_kind {
@@ -338,7 +358,7 @@ mod tests {
             rec.record(Op::Read, Duration::ZERO, Err(unavailable(&[FailureReason::Timeout])));
             total.merge(&rec).unwrap();
         }
-        let report = PhaseReport::new(Workload::A, Duration::from_secs(2), total);
+        let report = PhaseReport::new(Workload::A, Duration::from_secs(2), total, None);
         assert_eq!((report.ops, report.errors), (202, 2));
         let write = &report.operations["write"];
         assert_eq!(write.count, 200);

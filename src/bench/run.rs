@@ -16,6 +16,7 @@ use anyhow::Context;
 use quorumkv_client::{Client, ReadOptions, WriteOptions};
 use tokio_util::sync::CancellationToken;
 
+use super::cpu::CpuSnapshot;
 use super::report::{PhaseReport, Recorder};
 use super::workload::{key_name, mix64, KeyChooser, Op, Permutation, SplitMix64, ValuePool, Workload};
 
@@ -65,12 +66,14 @@ struct Shared {
 }
 
 /// Runs `phase` against `client` and reports what it measured.
-pub async fn run_phase(client: &Client, phase: &Phase) -> anyhow::Result<PhaseReport> {
+/// `node_pids` are the processes whose CPU counts as the nodes' (none: not measured).
+pub async fn run_phase(client: &Client, phase: &Phase, node_pids: &[u32]) -> anyhow::Result<PhaseReport> {
     let shared = Arc::new(Shared {
         tickets: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
+    let cpu_before = CpuSnapshot::take(node_pids);
     let start = Instant::now();
     let deadline = match phase.budget {
         Budget::Time(d) => Some(start + d),
@@ -97,7 +100,10 @@ pub async fn run_phase(client: &Client, phase: &Phase) -> anyhow::Result<PhaseRe
     let elapsed = start.elapsed();
     stop_progress.cancel();
     let _ = progress.await;
-    Ok(PhaseReport::new(phase.workload, elapsed, total))
+    let cpu_after = CpuSnapshot::take(node_pids);
+    let ops = total.successes();
+    let cpu = cpu_before.usage(&cpu_after, ops, elapsed);
+    Ok(PhaseReport::new(phase.workload, elapsed, total, cpu))
 }
 
 /// One closed-loop worker: one request in flight at a time.

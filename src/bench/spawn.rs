@@ -125,6 +125,11 @@ impl SpawnedCluster {
         Ok(())
     }
 
+    /// Process ids of the nodes still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|node| node.child.id()).collect()
+    }
+
     /// Sends SIGTERM to every node and waits for them to exit; reports the ones that
     /// failed or had to be killed.
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -1,0 +1,90 @@
+//! CPU time spent per operation: the load generator's own and, with `--spawn`, the nodes'.
+//!
+//! Throughput on a shared 2-core machine drifts by ±15% between runs; the CPU an operation
+//! costs drifts much less, so it is what a change to the data path is judged by. Times come
+//! from `/proc/PID/stat` (user + system time of every thread, living or exited, in
+//! `USER_HZ` = 100 ticks per second on Linux), so a 10 s phase is resolved to ~0.1%.
+//! Where `/proc` is missing (not Linux) the figures are simply absent.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Ticks per second of `/proc/PID/stat` times (`USER_HZ`, fixed at 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// CPU time of a set of processes at one moment.
+#[derive(Debug, Clone)]
+pub struct CpuSnapshot {
+    /// This process.
+    client: Option<Duration>,
+    /// The node processes, summed; `None` if there are none or one could not be read.
+    nodes: Option<Duration>,
+}
+
+/// CPU cost of a phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuUse {
+    /// CPU of the load generator (client) per successful operation, µs.
+    pub client_us_per_op: f64,
+    /// CPU of all spawned node processes per successful operation, µs (`--spawn` only).
+    pub nodes_us_per_op: Option<f64>,
+    /// CPU of client and nodes divided by wall time: cores kept busy.
+    pub cores: f64,
+}
+
+impl CpuSnapshot {
+    /// The CPU used so far by this process and by `node_pids`.
+    pub fn take(node_pids: &[u32]) -> CpuSnapshot {
+        let nodes = match node_pids.is_empty() {
+            true => None,
+            false => node_pids.iter().map(|&pid| process_cpu(&pid.to_string())).sum(),
+        };
+        CpuSnapshot {
+            client: process_cpu("self"),
+            nodes,
+        }
+    }
+
+    /// What `ops` operations cost between `self` and `later`, `elapsed` apart.
+    pub fn usage(&self, later: &CpuSnapshot, ops: u64, elapsed: Duration) -> Option<CpuUse> {
+        let client = later.client?.checked_sub(self.client?)?;
+        let nodes = later.nodes.zip(self.nodes).and_then(|(b, a)| b.checked_sub(a));
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+        let busy = client + nodes.unwrap_or_default();
+        Some(CpuUse {
+            client_us_per_op: per_op(client),
+            nodes_us_per_op: nodes.map(per_op),
+            cores: busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        })
+    }
+}
+
+/// User + system time of process `pid` (or `"self"`), all threads included.
+fn process_cpu(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// utime + stime of one `/proc/PID/stat` line. The command name (field 2) may contain
+/// spaces and parentheses, so fields are counted after its closing parenthesis.
+fn parse_stat(stat: &str) -> Option<Duration> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_times_are_read_after_the_command_name() {
+        let line = "4242 (quorum kv) (x)) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_stat(line), Some(Duration::from_millis(2800)));
+        assert_eq!(parse_stat("4242 (truncated"), None);
+    }
+}
