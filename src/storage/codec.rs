@@ -27,8 +27,13 @@ const HINT_SEPARATOR: u8 = 0;
 
 /// The storage key of `key`.
 pub fn record_key(key: &[u8]) -> Vec<u8> {
+    hashed_record_key(key_hash(key), key)
+}
+
+/// The storage key of `key`, whose ring hash is `hash` (saves hashing it again).
+pub fn hashed_record_key(hash: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HASH_PREFIX + key.len());
-    out.extend_from_slice(&key_hash(key).to_be_bytes());
+    out.extend_from_slice(&hash.to_be_bytes());
     out.extend_from_slice(key);
     out
 }

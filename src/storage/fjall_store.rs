@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{
     decode_header, decode_record, decode_tombstone, hint_owner, hint_prefix, record_key, split_record_key, HASH_PREFIX,
 };
+use super::version_index::{KeyId, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
 use super::{Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
 use crate::config::DurabilityMode;
@@ -90,8 +91,9 @@ impl FjallStorage {
             .map_err(fatal)?;
         let forest = Arc::new(Forest::new(options.partitions));
         let hint_counts = Arc::new(Mutex::new(count_hints(&hints)?));
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         // Taken before the writer starts: every later write is a delta on top of it.
-        spawn_rebuild(db.clone(), versions.clone(), forest.clone())?;
+        spawn_rebuild(db.clone(), versions.clone(), forest.clone(), tx.clone())?;
         let poisoned = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             db: db.clone(),
@@ -108,9 +110,9 @@ impl FjallStorage {
             clock,
             hint_counts: hint_counts.clone(),
             max_hints_per_node: options.max_hints_per_node,
+            index: VersionIndex::loading(),
         };
         let reads = spawn_reader(records.clone())?;
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         spawn_thread("storage-writer", move || writer.run(rx))?;
         let stop_periodic = Arc::new(AtomicBool::new(false));
         if options.durability == DurabilityMode::Periodic {
@@ -316,27 +318,48 @@ fn count_hints(hints: &Keyspace) -> Result<HashMap<String, u64>, StorageError> {
 }
 
 /// Folds every record of a snapshot taken now into the trees, on its own thread.
-fn spawn_rebuild(db: Database, versions: Keyspace, forest: Arc<Forest>) -> Result<(), StorageError> {
+/// Scans a snapshot of the versions in the background: rebuilds the Merkle trees and
+/// loads the writer's version index (through its queue, so the writer owns the index).
+fn spawn_rebuild(
+    db: Database,
+    versions: Keyspace,
+    forest: Arc<Forest>,
+    writer: mpsc::Sender<WriteOp>,
+) -> Result<(), StorageError> {
     let snapshot = db.snapshot();
     spawn_thread("merkle-rebuild", move || {
-        let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
+        let mut deltas = Vec::with_capacity(REBUILD_CHUNK);
+        let mut states = Vec::with_capacity(REBUILD_CHUNK);
         for guard in snapshot.iter(&versions) {
-            let folded = guard.into_inner().map_err(fatal).and_then(|(stored_key, value)| {
-                let (hash, key) = split_record_key(&stored_key)?;
+            let read = guard.into_inner().map_err(fatal).and_then(|(stored_key, value)| {
+                let (_, key) = split_record_key(&stored_key)?;
                 let (version, tombstone) = decode_header(&value)?;
-                Ok((hash, entry_hash(key, version, tombstone)))
+                let id = KeyId::of(key);
+                Ok((
+                    (id.hash, entry_hash(key, version, tombstone)),
+                    (id, (version, tombstone)),
+                ))
             });
-            match folded {
-                Ok(delta) => chunk.push(delta),
+            match read {
+                Ok((delta, state)) => {
+                    deltas.push(delta);
+                    states.push(state);
+                }
                 Err(e) => tracing::error!("skipping an unreadable record while rebuilding Merkle trees: {e}"),
             }
-            if chunk.len() == REBUILD_CHUNK {
-                forest.toggle_all(chunk.drain(..));
+            if deltas.len() == REBUILD_CHUNK {
+                forest.toggle_all(deltas.drain(..));
+                let chunk = std::mem::replace(&mut states, Vec::with_capacity(REBUILD_CHUNK));
+                if writer.blocking_send(WriteOp::LoadIndex(chunk)).is_err() {
+                    return; // the store closed
+                }
             }
         }
-        forest.toggle_all(chunk);
+        forest.toggle_all(deltas);
         forest.set_ready();
         tracing::info!("Merkle trees rebuilt");
+        let _ = writer.blocking_send(WriteOp::LoadIndex(states));
+        let _ = writer.blocking_send(WriteOp::IndexLoaded);
     })
 }
 
@@ -458,6 +481,48 @@ mod tests {
         let rebuilt: Vec<u64> = (0..256).map(|p| store.forest().root(p)).collect();
         assert_eq!(rebuilt, live_roots);
         assert!(live_roots.iter().any(|r| *r != 0));
+    }
+
+    #[tokio::test]
+    async fn versions_written_before_a_restart_still_refuse_older_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Bytes> = (0..2000u64).map(|i| Bytes::from(format!("key{i}"))).collect();
+        {
+            let store = open(dir.path());
+            for key in &keys {
+                store.apply(key.clone(), record(100, Some(b"v"))).await.unwrap();
+            }
+            store.flush().await.unwrap();
+        }
+        // Right after open (index still loading) and long after, the stored versions win.
+        let store = open(dir.path());
+        for (i, key) in keys.iter().enumerate() {
+            let older = store.apply(key.clone(), record(50, Some(b"old"))).await.unwrap();
+            assert!(!older.applied, "key {i}: an older write after a restart was applied");
+            if i == 0 {
+                let start = tokio::time::Instant::now();
+                while !store.forest().is_ready() {
+                    assert!(start.elapsed() < Duration::from_secs(10), "rebuild finishes");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        assert!(store.apply(keys[7].clone(), record(200, None)).await.unwrap().applied);
+        assert!(store
+            .purge(keys[7].clone(), Version { micros: 200, writer: 1 })
+            .await
+            .unwrap());
+        assert!(
+            store
+                .apply(keys[7].clone(), record(60, Some(b"new")))
+                .await
+                .unwrap()
+                .applied
+        );
+        assert_eq!(
+            store.get(keys[7].clone()).await.unwrap(),
+            Some(record(60, Some(b"new")))
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 mod codec;
 mod fjall_store;
 mod forest;
+mod version_index;
 mod writer;
 
 use std::collections::HashMap;

@@ -4,9 +4,11 @@
 //! whatever operations are queued, decides each one against the stored state (and the
 //! earlier operations of the same batch), writes the outcome as one fjall batch and, in
 //! `sync` mode, makes that batch durable with one fdatasync before anyone is answered
-//! (one fsync per write measured ~6.5k writes/s here; batches of 64 ~114k/s). After the
-//! commit the Merkle deltas of the batch are folded into the [`Forest`]. A failed commit
-//! poisons fjall: the store then refuses everything and the node must stop.
+//! (one fsync per write measured ~6.5k writes/s here; batches of 64 ~114k/s). Stored
+//! versions come from the in-memory [`VersionIndex`], which also reflects the earlier
+//! operations of the batch. After the commit the Merkle deltas of the batch are folded
+//! into the [`Forest`]. A failed commit poisons fjall: the store then refuses everything
+//! and the node must stop (so an index that ran ahead of a failed batch does not matter).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use quorumkv_client::clock::Clock;
-use quorumkv_client::ring::key_hash;
 use quorumkv_client::wire::Record;
 use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_header, encode_header, encode_record, encode_tombstone, hint_key, record_key};
+use super::codec::{decode_header, encode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
+use super::version_index::{KeyId, Lookup, RecordState, VersionIndex};
 use super::{Applied, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 
@@ -55,6 +57,10 @@ pub enum WriteOp {
         version: Version,
         done: oneshot::Sender<Result<bool, StorageError>>,
     },
+    /// Record states from the snapshot scan at open, for the version index.
+    LoadIndex(Vec<(KeyId, RecordState)>),
+    /// The snapshot scan is complete.
+    IndexLoaded,
 }
 
 /// The keyspaces and shared state the writer works on.
@@ -74,14 +80,13 @@ pub struct Writer {
     pub hint_counts: Arc<Mutex<HashMap<String, u64>>>,
     /// Most hints held per owner.
     pub max_hints_per_node: u64,
+    /// Version and tombstone flag of every record.
+    pub index: VersionIndex,
 }
 
 /// State of one batch being built.
 struct Batch {
     batch: OwnedWriteBatch,
-    /// Record states written earlier in this batch, which the keyspace does not show yet:
-    /// storage key → (version, tombstone), `None` when removed.
-    records: HashMap<Vec<u8>, Option<(Version, bool)>>,
     /// Hint versions written earlier in this batch: hint key → version, `None` when removed.
     hints: HashMap<Vec<u8>, Option<Version>>,
     /// Merkle changes to fold in after the commit.
@@ -106,7 +111,7 @@ enum Answer {
 
 impl Writer {
     /// Runs until every sender of `queue` is gone.
-    pub fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
+    pub fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
         while let Some(first) = queue.blocking_recv() {
             let mut ops = vec![first];
             while ops.len() < MAX_BATCH {
@@ -119,15 +124,14 @@ impl Writer {
         }
     }
 
-    fn commit(&self, ops: Vec<WriteOp>) {
+    fn commit(&mut self, ops: Vec<WriteOp>) {
         let mut batch = Batch {
             batch: self.db.batch().durability(Some(self.persist)),
-            records: HashMap::new(),
             hints: HashMap::new(),
             deltas: Vec::new(),
             hint_count_changes: Vec::new(),
         };
-        let answers: Vec<Answer> = ops.into_iter().map(|op| self.decide(op, &mut batch)).collect();
+        let answers: Vec<Answer> = ops.into_iter().filter_map(|op| self.decide(op, &mut batch)).collect();
         let Batch {
             batch: fjall_batch,
             deltas,
@@ -149,8 +153,9 @@ impl Writer {
         }
     }
 
-    fn decide(&self, op: WriteOp, batch: &mut Batch) -> Answer {
-        match op {
+    /// Decides one operation into `batch`; `None` for those nobody waits on.
+    fn decide(&mut self, op: WriteOp, batch: &mut Batch) -> Option<Answer> {
+        let answer = match op {
             WriteOp::Apply { key, record, done } => Answer::Apply(done, self.apply(&key, &record, batch)),
             WriteOp::StoreHint {
                 owner,
@@ -165,12 +170,23 @@ impl Writer {
                 done,
             } => Answer::Unit(done, self.remove_hint(&owner, &key, version, batch)),
             WriteOp::Purge { key, version, done } => Answer::Purge(done, self.purge(&key, version, batch)),
-        }
+            WriteOp::LoadIndex(chunk) => {
+                self.index.load(chunk);
+                return None;
+            }
+            WriteOp::IndexLoaded => {
+                self.index.loaded();
+                tracing::info!("version index loaded: {} records", self.index.len());
+                return None;
+            }
+        };
+        Some(answer)
     }
 
-    fn apply(&self, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
-        let stored_key = record_key(key);
-        let old = self.record_state(&stored_key, batch)?;
+    fn apply(&mut self, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
+        let id = KeyId::of(key);
+        let stored_key = hashed_record_key(id.hash, key);
+        let old = self.record_state(id, &stored_key)?;
         if let Some((current, _)) = old.filter(|(v, _)| *v >= record.version) {
             return Ok(Applied {
                 applied: false,
@@ -200,24 +216,25 @@ impl Writer {
         if let Some((old_version, old_tombstone)) = old {
             delta ^= entry_hash(key, old_version, old_tombstone);
         }
-        batch.deltas.push((key_hash(key), delta));
-        batch.records.insert(stored_key, Some((record.version, tombstone)));
+        batch.deltas.push((id.hash, delta));
+        self.index.set(id, Some((record.version, tombstone)));
         Ok(Applied {
             applied: true,
             current: record.version,
         })
     }
 
-    fn purge(&self, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
-        let stored_key = record_key(key);
-        if self.record_state(&stored_key, batch)? != Some((version, true)) {
+    fn purge(&mut self, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
+        let id = KeyId::of(key);
+        let stored_key = hashed_record_key(id.hash, key);
+        if self.record_state(id, &stored_key)? != Some((version, true)) {
             return Ok(false);
         }
         batch.batch.remove(&self.records, stored_key.as_slice());
         batch.batch.remove(&self.versions, stored_key.as_slice());
         batch.batch.remove(&self.tombstones, stored_key.as_slice());
-        batch.deltas.push((key_hash(key), entry_hash(key, version, true)));
-        batch.records.insert(stored_key, None);
+        batch.deltas.push((id.hash, entry_hash(key, version, true)));
+        self.index.set(id, None);
         Ok(true)
     }
 
@@ -262,14 +279,18 @@ impl Writer {
         Ok(())
     }
 
-    fn record_state(&self, stored_key: &[u8], batch: &Batch) -> Result<Option<(Version, bool)>, StorageError> {
-        if let Some(state) = batch.records.get(stored_key) {
-            return Ok(*state);
+    /// The stored state of a record, including earlier operations of this batch: from
+    /// the index, or (while it is still loading) from the versions keyspace.
+    fn record_state(&mut self, id: KeyId, stored_key: &[u8]) -> Result<Option<RecordState>, StorageError> {
+        if let Lookup::Known(state) = self.index.lookup(&id) {
+            return Ok(state);
         }
-        match self.versions.get(stored_key).map_err(fatal)? {
-            Some(bytes) => Ok(Some(decode_header(&bytes)?)),
-            None => Ok(None),
-        }
+        let state = match self.versions.get(stored_key).map_err(fatal)? {
+            Some(bytes) => Some(decode_header(&bytes)?),
+            None => None,
+        };
+        self.index.set(id, state);
+        Ok(state)
     }
 
     fn hint_version(&self, stored_key: &[u8], batch: &Batch) -> Result<Option<Version>, StorageError> {
