@@ -114,6 +114,8 @@ fn runtime() -> Runtime {
 
 fn writes(c: &mut Criterion, durability: DurabilityMode, name: &str) {
     let rt = runtime();
+    // The store answers through a task on the runtime it was opened in.
+    let _inside = rt.enter();
     let bench = Bench::open(durability);
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
@@ -135,6 +137,7 @@ fn sync(c: &mut Criterion) {
 
 fn get(c: &mut Criterion) {
     let rt = runtime();
+    let _inside = rt.enter();
     let bench = Bench::open(DurabilityMode::Periodic);
     rt.block_on(async {
         for _ in 0..READ_KEYS / CONCURRENT as u64 + 1 {

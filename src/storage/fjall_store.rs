@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{
     decode_header, decode_record, decode_tombstone, hint_owner, hint_prefix, record_key, split_record_key, HASH_PREFIX,
 };
+use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
 use super::{Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
@@ -38,6 +39,8 @@ use crate::merkle::entry_hash;
 const WRITE_QUEUE: usize = 4096;
 /// Point reads queued for the reader thread before callers wait.
 const READ_QUEUE: usize = 4096;
+/// Most point reads answered as one batch (bounds the wait of the first).
+const MAX_READ_BATCH: usize = 64;
 /// Records folded into the trees per lock during the rebuild scan.
 const REBUILD_CHUNK: usize = 4096;
 
@@ -78,7 +81,10 @@ pub struct FjallStorage {
 
 impl FjallStorage {
     /// Opens (or creates) the store in `dir`, starts its writer thread and the tree rebuild.
+    /// Must run inside the tokio runtime that will wait for its answers.
     pub fn open(dir: &Path, options: StoreOptions, clock: Arc<dyn Clock>) -> Result<FjallStorage, StorageError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StorageError::Fatal("the store must be opened inside a tokio runtime".into()))?;
         let db = Database::builder(dir)
             .cache_size(options.cache_bytes)
             .open()
@@ -111,8 +117,9 @@ impl FjallStorage {
             hint_counts: hint_counts.clone(),
             max_hints_per_node: options.max_hints_per_node,
             index: VersionIndex::loading(),
+            relay: Relay::spawn(&runtime),
         };
-        let reads = spawn_reader(records.clone())?;
+        let reads = spawn_reader(records.clone(), Relay::spawn(&runtime))?;
         spawn_thread("storage-writer", move || writer.run(rx))?;
         let stop_periodic = Arc::new(AtomicBool::new(false));
         if options.durability == DurabilityMode::Periodic {
@@ -290,18 +297,37 @@ struct ReadOp {
     done: oneshot::Sender<Result<Option<Record>, StorageError>>,
 }
 
+/// A point read's result on its way back.
+struct ReadAnswer(ReadOp, Result<Option<Record>, StorageError>);
+
+impl Deliver for ReadAnswer {
+    fn deliver(self) {
+        let _ = self.0.done.send(self.1);
+    }
+}
+
 /// Starts the thread that serves point reads. One long-lived thread instead of
 /// `spawn_blocking` per read: under load the blocking pool grew to dozens of threads per
 /// node, all waking and switching on two cores; a page-cached read takes a few µs, so one
 /// thread serves well over 100k reads/s.
-fn spawn_reader(records: Keyspace) -> Result<mpsc::Sender<ReadOp>, StorageError> {
+/// Reads queued at once are all answered in one batch (see [`super::relay`]).
+fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sender<ReadOp>, StorageError> {
     let (tx, mut rx) = mpsc::channel::<ReadOp>(READ_QUEUE);
     spawn_thread("storage-reader", move || {
-        while let Some(op) = rx.blocking_recv() {
+        let read = |op: ReadOp| {
             let stored = records.get(record_key(&op.key)).map_err(fatal);
-            let _ = op
-                .done
-                .send(stored.and_then(|found| found.map(|bytes| decode_record(&bytes)).transpose()));
+            let found = stored.and_then(|found| found.map(|bytes| decode_record(&bytes)).transpose());
+            ReadAnswer(op, found)
+        };
+        while let Some(first) = rx.blocking_recv() {
+            let mut answers = vec![read(first)];
+            while answers.len() < MAX_READ_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => answers.push(read(op)),
+                    Err(_) => break,
+                }
+            }
+            relay.send(answers);
         }
     })?;
     Ok(tx)
@@ -317,7 +343,6 @@ fn count_hints(hints: &Keyspace) -> Result<HashMap<String, u64>, StorageError> {
     Ok(counts)
 }
 
-/// Folds every record of a snapshot taken now into the trees, on its own thread.
 /// Scans a snapshot of the versions in the background: rebuilds the Merkle trees and
 /// loads the writer's version index (through its queue, so the writer owns the index).
 fn spawn_rebuild(

@@ -9,6 +9,7 @@
 mod codec;
 mod fjall_store;
 mod forest;
+mod relay;
 mod version_index;
 mod writer;
 

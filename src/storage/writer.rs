@@ -22,6 +22,7 @@ use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode_header, encode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
+use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, RecordState, VersionIndex};
 use super::{Applied, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
@@ -82,6 +83,8 @@ pub struct Writer {
     pub max_hints_per_node: u64,
     /// Version and tombstone flag of every record.
     pub index: VersionIndex,
+    /// Carries each batch's answers back to the runtime.
+    pub relay: Relay<Answer>,
 }
 
 /// State of one batch being built.
@@ -96,7 +99,7 @@ struct Batch {
 }
 
 /// An operation's answer, sent once the batch is committed.
-enum Answer {
+pub enum Answer {
     Apply(
         oneshot::Sender<Result<Applied, StorageError>>,
         Result<Applied, StorageError>,
@@ -142,13 +145,14 @@ impl Writer {
             Ok(()) => {
                 self.forest.toggle_all(deltas);
                 self.apply_hint_counts(hint_count_changes);
-                answers.into_iter().for_each(Answer::send);
+                self.relay.send(answers);
             }
             Err(e) => {
                 self.poisoned.store(true, Ordering::Relaxed);
                 tracing::error!("storage commit failed; the node must stop: {e}");
                 let err = StorageError::Fatal(e.to_string());
-                answers.into_iter().for_each(|a| a.fail(err.clone()));
+                self.relay
+                    .send(answers.into_iter().map(|a| a.fail(err.clone())).collect());
             }
         }
     }
@@ -317,8 +321,8 @@ impl Writer {
     }
 }
 
-impl Answer {
-    fn send(self) {
+impl Deliver for Answer {
+    fn deliver(self) {
         match self {
             Answer::Apply(tx, r) => drop(tx.send(r)),
             Answer::Hint(tx, r) => drop(tx.send(r)),
@@ -326,13 +330,16 @@ impl Answer {
             Answer::Purge(tx, r) => drop(tx.send(r)),
         }
     }
+}
 
-    fn fail(self, err: StorageError) {
+impl Answer {
+    /// The same answer, turned into `err`.
+    fn fail(self, err: StorageError) -> Answer {
         match self {
-            Answer::Apply(tx, _) => drop(tx.send(Err(err))),
-            Answer::Hint(tx, _) => drop(tx.send(Err(err))),
-            Answer::Unit(tx, _) => drop(tx.send(Err(err))),
-            Answer::Purge(tx, _) => drop(tx.send(Err(err))),
+            Answer::Apply(tx, _) => Answer::Apply(tx, Err(err)),
+            Answer::Hint(tx, _) => Answer::Hint(tx, Err(err)),
+            Answer::Unit(tx, _) => Answer::Unit(tx, Err(err)),
+            Answer::Purge(tx, _) => Answer::Purge(tx, Err(err)),
         }
     }
 }
