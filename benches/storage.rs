@@ -62,6 +62,7 @@ impl Bench {
             partitions: 256,
             max_hints_per_node: 1024,
             cache_bytes: 256 << 20,
+            memtable_bytes: 64 << 20,
         };
         let store = FjallStorage::open(dir.path(), options, system_clock()).expect("open store");
         Bench {

@@ -125,11 +125,19 @@ pub struct StorageSettings {
     /// fjall's block cache per node, in MiB. fjall's own default (32 MiB) is smaller than
     /// the index and hot data of a node holding a few hundred MB.
     pub block_cache_mb: u64,
+    /// Size of the in-memory write buffer (memtable) of the records, in MiB. Every read
+    /// and write searches it first, a skiplist whose cost grows with its size (cache
+    /// misses per level); a smaller one is flushed to disk more often. Applies to stores
+    /// created with it: fjall keeps a keyspace's setting from its creation.
+    pub memtable_mb: u64,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        StorageSettings { block_cache_mb: 256 }
+        StorageSettings {
+            block_cache_mb: 256,
+            memtable_mb: 64,
+        }
     }
 }
 
@@ -346,6 +354,7 @@ impl ClusterConfig {
             ("hint_delivery_interval_ms", c.hint_delivery_interval_ms, "1000"),
             ("ping_interval_ms", c.ping_interval_ms, "1000"),
             ("storage.block_cache_mb", self.storage.block_cache_mb, "256"),
+            ("storage.memtable_mb", self.storage.memtable_mb, "64"),
             ("down_after_missed_pings", c.down_after_missed_pings as u64, "3"),
         ];
         for (name, value, example) in positive {

@@ -68,6 +68,7 @@ impl NodeParts {
             partitions: config.partitions,
             max_hints_per_node: config.convergence.max_hints_per_node,
             cache_bytes: config.storage.block_cache_mb << 20,
+            memtable_bytes: config.storage.memtable_mb << 20,
         };
         let clock = system_clock();
         let storage = FjallStorage::open(&dir, options, clock.clone())

@@ -57,6 +57,8 @@ pub struct StoreOptions {
     pub max_hints_per_node: u64,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// Memtable size of the records keyspace, in bytes (at creation only).
+    pub memtable_bytes: u64,
 }
 
 /// fjall-backed [`Storage`].
@@ -89,7 +91,11 @@ impl FjallStorage {
             .cache_size(options.cache_bytes)
             .open()
             .map_err(fatal)?;
-        let records = db.keyspace("records", KeyspaceCreateOptions::default).map_err(fatal)?;
+        let records = db
+            .keyspace("records", || {
+                KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes)
+            })
+            .map_err(fatal)?;
         let versions = db.keyspace("versions", KeyspaceCreateOptions::default).map_err(fatal)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default).map_err(fatal)?;
         let tombstones = db
@@ -432,6 +438,7 @@ mod tests {
             partitions: 256,
             max_hints_per_node: 3,
             cache_bytes: 32 << 20,
+            memtable_bytes: 64 << 20,
         }
     }
 

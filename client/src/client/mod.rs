@@ -180,7 +180,9 @@ impl Client {
             enabled: false,
             sloppy: false,
         };
-        let answers = self.inner.fan_out(&targets, &[], request, plan.timeout, no_hints);
+        let answers = self
+            .inner
+            .fan_out(&targets, &[], request, plan.timeout, no_hints, false);
         let (answers, stragglers) = self
             .inner
             .collect(answers, &targets, plan, no_hints, read_answer)
@@ -291,7 +293,10 @@ impl Client {
             enabled: self.inner.cluster.hinted_handoff,
             sloppy: options.sloppy,
         };
-        let answers = self.inner.fan_out(&targets, &fallbacks, request, plan.timeout, hints);
+        // Every replica gets its copy, so the sends beyond `w` finish after we return.
+        let answers = self
+            .inner
+            .fan_out(&targets, &fallbacks, request, plan.timeout, hints, true);
         let judge = move |r| write_answer(r, version);
         let result = self.inner.collect(answers, &targets, plan, hints, judge).await;
         if let Err(ClientError::Unavailable { failures, .. }) = &result {
@@ -402,7 +407,8 @@ impl ClientStats {
         self.hints_sent.load(Ordering::Relaxed)
     }
 
-    /// Sends still running, including background completions of finished writes.
+    /// Requests with sends still running (one each, hints included), counting the
+    /// background completions of writes that already returned.
     pub fn sends_in_flight(&self) -> u64 {
         self.background.count.load(Ordering::Relaxed)
     }

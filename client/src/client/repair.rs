@@ -12,12 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
-use super::fanout::{Answer, Source};
+use super::fanout::{Answers, Source};
 use super::Inner;
 use crate::wire::{Record, Request, Response};
+use bytes::Bytes;
 
 /// Repairs in flight per client.
 pub const MAX_CONCURRENT_REPAIRS: usize = 64;
@@ -51,7 +49,7 @@ impl Inner {
         self: &Arc<Self>,
         key: Bytes,
         mut answers: Vec<ReadAnswer>,
-        mut stragglers: mpsc::Receiver<Answer>,
+        mut stragglers: Answers,
         timeout: Duration,
     ) {
         let Ok(permit) = self.repair_slots.clone().try_acquire_owned() else {
@@ -62,7 +60,7 @@ impl Inner {
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tokio::time::timeout(timeout, async {
-                while let Some((source, answer)) = stragglers.recv().await {
+                while let Some((source, answer)) = stragglers.next().await {
                     if let (Source::Replica(node), Ok(Response::Record(held))) = (source, answer) {
                         answers.push((node, held));
                     }
