@@ -2,7 +2,8 @@
 //!
 //! Records are keyed by `key_hash(key)` (8 bytes, big-endian) followed by the key, so a
 //! partition, and a Merkle leaf, is one contiguous key range. Values start with a format
-//! marker; the versions keyspace holds just that header (marker, version, flag). Hints are keyed by `owner id, 0x00, record key`. Tombstones are indexed by
+//! header (marker, version, flag) that scans decode without the value. Hints are keyed
+//! by `owner id, 0x00, record key`. Tombstones are indexed by
 //! record key with their version and arrival time.
 
 use bytes::Bytes;
@@ -59,8 +60,7 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
     out
 }
 
-/// The header of a stored record alone (what the versions keyspace holds): format
-/// marker, version, flag. [`decode_header`] reads it like a whole record.
+/// The header of a stored record: format marker, version, flag.
 pub fn encode_header(version: Version, tombstone: bool) -> [u8; HEADER] {
     let mut out = [0u8; HEADER];
     out[0] = FORMAT_V1;

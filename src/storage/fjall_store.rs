@@ -1,14 +1,17 @@
 //! [`FjallStorage`]: the [`Storage`] seam on fjall.
 //!
-//! Four keyspaces: `records` (the data), `versions` (each record's version and tombstone
-//! flag, 18 bytes: compare-and-write, anti-entropy scans and the tree rebuild read only
-//! these, never values), `hints` (records held for other nodes) and `tombstones` (an
-//! index of deletes with their arrival time, so purging never scans the data). Writes go
-//! through the writer thread ([`super::writer`]), point reads through one reader thread,
-//! and scans (anti-entropy, hints, tombstones) run on blocking threads. At open a snapshot is taken before the writer starts, and a scan of
-//! it rebuilds the Merkle trees while the node already serves: live writes fold their
-//! deltas into the same trees, which is exact because XOR updates commute. In `periodic`
-//! mode a timer thread fsyncs every interval.
+//! Three keyspaces: `records` (the data, each value behind a header with its version and
+//! tombstone flag), `hints` (records held for other nodes) and `tombstones` (an index of
+//! deletes with their arrival time, so purging never scans the data). Compare-and-write
+//! takes versions from the writer's in-memory [`VersionIndex`], so a write is one fjall
+//! insert (a separate `versions` keyspace, written with every record so that scans could
+//! skip values, cost ~20% of the nodes' CPU per write; stores that still have it drop it
+//! at open). Writes go through the writer thread ([`super::writer`]), point reads through
+//! one reader thread, and scans (anti-entropy, hints, tombstones) run on blocking
+//! threads. At open a snapshot is taken before the writer starts, and a scan of it
+//! rebuilds the Merkle trees and the version index while the node already serves: live
+//! writes fold their deltas into the same trees, which is exact because XOR updates
+//! commute. In `periodic` mode a timer thread fsyncs every interval.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -64,9 +67,8 @@ pub struct StoreOptions {
 /// fjall-backed [`Storage`].
 pub struct FjallStorage {
     db: Database,
-    /// Version and tombstone flag per record (see the writer): scanned by anti-entropy
-    /// and the tree rebuild, so they never read values.
-    versions: Keyspace,
+    /// The records (scanned by anti-entropy).
+    records: Keyspace,
     hints: Keyspace,
     tombstones: Keyspace,
     /// Queue of the writer thread.
@@ -96,7 +98,7 @@ impl FjallStorage {
                 KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes)
             })
             .map_err(fatal)?;
-        let versions = db.keyspace("versions", KeyspaceCreateOptions::default).map_err(fatal)?;
+        drop_versions_keyspace(&db)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default).map_err(fatal)?;
         let tombstones = db
             .keyspace("tombstones", KeyspaceCreateOptions::default)
@@ -105,12 +107,11 @@ impl FjallStorage {
         let hint_counts = Arc::new(Mutex::new(count_hints(&hints)?));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         // Taken before the writer starts: every later write is a delta on top of it.
-        spawn_rebuild(db.clone(), versions.clone(), forest.clone(), tx.clone())?;
+        spawn_rebuild(db.clone(), records.clone(), forest.clone(), tx.clone())?;
         let poisoned = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
-            versions: versions.clone(),
             hints: hints.clone(),
             tombstones: tombstones.clone(),
             persist: match options.durability {
@@ -133,7 +134,7 @@ impl FjallStorage {
         }
         Ok(FjallStorage {
             db,
-            versions,
+            records,
             hints,
             tombstones,
             writes: tx,
@@ -197,7 +198,7 @@ impl Storage for FjallStorage {
     }
 
     fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
-        let versions = self.versions.clone();
+        let records = self.records.clone();
         Box::pin(self.blocking(move || {
             let upper = match end.checked_add(1) {
                 Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
@@ -205,7 +206,7 @@ impl Storage for FjallStorage {
             };
             let range = (Bound::Included(start.to_be_bytes().to_vec()), upper);
             let mut out = Vec::new();
-            for guard in versions.range::<Vec<u8>, _>(range) {
+            for guard in records.range::<Vec<u8>, _>(range) {
                 let (stored_key, value) = guard.into_inner().map_err(fatal)?;
                 let (_, key) = split_record_key(&stored_key)?;
                 let (version, tombstone) = decode_header(&value)?;
@@ -339,6 +340,17 @@ fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sen
     Ok(tx)
 }
 
+/// Removes the `versions` keyspace of stores created before the version index.
+fn drop_versions_keyspace(db: &Database) -> Result<(), StorageError> {
+    if !db.keyspace_exists("versions") {
+        return Ok(());
+    }
+    let versions = db.keyspace("versions", KeyspaceCreateOptions::default).map_err(fatal)?;
+    db.delete_keyspace(versions).map_err(fatal)?;
+    tracing::info!("dropped the versions keyspace (versions are now indexed in memory)");
+    Ok(())
+}
+
 /// Counts the hints held per owner (once, at open).
 fn count_hints(hints: &Keyspace) -> Result<HashMap<String, u64>, StorageError> {
     let mut counts = HashMap::new();
@@ -349,11 +361,11 @@ fn count_hints(hints: &Keyspace) -> Result<HashMap<String, u64>, StorageError> {
     Ok(counts)
 }
 
-/// Scans a snapshot of the versions in the background: rebuilds the Merkle trees and
+/// Scans a snapshot of the records in the background: rebuilds the Merkle trees and
 /// loads the writer's version index (through its queue, so the writer owns the index).
 fn spawn_rebuild(
     db: Database,
-    versions: Keyspace,
+    records: Keyspace,
     forest: Arc<Forest>,
     writer: mpsc::Sender<WriteOp>,
 ) -> Result<(), StorageError> {
@@ -361,7 +373,7 @@ fn spawn_rebuild(
     spawn_thread("merkle-rebuild", move || {
         let mut deltas = Vec::with_capacity(REBUILD_CHUNK);
         let mut states = Vec::with_capacity(REBUILD_CHUNK);
-        for guard in snapshot.iter(&versions) {
+        for guard in snapshot.iter(&records) {
             let read = guard.into_inner().map_err(fatal).and_then(|(stored_key, value)| {
                 let (_, key) = split_record_key(&stored_key)?;
                 let (version, tombstone) = decode_header(&value)?;
@@ -555,6 +567,19 @@ mod tests {
             store.get(keys[7].clone()).await.unwrap(),
             Some(record(60, Some(b"new")))
         );
+    }
+
+    #[tokio::test]
+    async fn a_versions_keyspace_of_an_older_store_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let versions = db.keyspace("versions", KeyspaceCreateOptions::default).unwrap();
+            versions.insert(b"k", b"v").unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = open(dir.path());
+        assert!(!store.db.keyspace_exists("versions"));
     }
 
     #[tokio::test]

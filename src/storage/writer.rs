@@ -21,7 +21,7 @@ use quorumkv_client::wire::Record;
 use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_header, encode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
+use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, RecordState, VersionIndex};
 use super::{Applied, Forest, HintStored, StorageError};
@@ -68,9 +68,6 @@ pub enum WriteOp {
 pub struct Writer {
     pub db: Database,
     pub records: Keyspace,
-    /// Version and tombstone flag of every record: what compare-and-write reads, so a
-    /// write never loads the value it replaces.
-    pub versions: Keyspace,
     pub hints: Keyspace,
     pub tombstones: Keyspace,
     pub persist: PersistMode,
@@ -201,11 +198,6 @@ impl Writer {
         batch
             .batch
             .insert(&self.records, stored_key.as_slice(), encode_record(record));
-        batch.batch.insert(
-            &self.versions,
-            stored_key.as_slice(),
-            encode_header(record.version, tombstone),
-        );
         if tombstone {
             let arrived = self.clock.now_micros();
             batch.batch.insert(
@@ -235,7 +227,6 @@ impl Writer {
             return Ok(false);
         }
         batch.batch.remove(&self.records, stored_key.as_slice());
-        batch.batch.remove(&self.versions, stored_key.as_slice());
         batch.batch.remove(&self.tombstones, stored_key.as_slice());
         batch.deltas.push((id.hash, entry_hash(key, version, true)));
         self.index.set(id, None);
@@ -284,12 +275,12 @@ impl Writer {
     }
 
     /// The stored state of a record, including earlier operations of this batch: from
-    /// the index, or (while it is still loading) from the versions keyspace.
+    /// the index, or (while it is still loading) from the record itself.
     fn record_state(&mut self, id: KeyId, stored_key: &[u8]) -> Result<Option<RecordState>, StorageError> {
         if let Lookup::Known(state) = self.index.lookup(&id) {
             return Ok(state);
         }
-        let state = match self.versions.get(stored_key).map_err(fatal)? {
+        let state = match self.records.get(stored_key).map_err(fatal)? {
             Some(bytes) => Some(decode_header(&bytes)?),
             None => None,
         };
