@@ -12,10 +12,10 @@
 //! stderr). Against a running cluster nothing is added: run `--workload load` once with
 //! the same `--keys` first; reads of keys that are missing count as `not found`.
 
-mod cpu;
 mod report;
 mod run;
 mod spawn;
+mod usage;
 mod workload;
 
 use std::path::PathBuf;

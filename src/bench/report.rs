@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use quorumkv_client::{ClientError, FailureReason};
 use serde::Serialize;
 
-use super::cpu::CpuUse;
+use super::usage::CpuUse;
 use super::workload::{Op, Workload};
 
 /// Longest latency a histogram holds exactly, in µs; longer ones are clamped to it.
@@ -178,6 +178,8 @@ pub struct PhaseReport {
     pub errors_by_kind: BTreeMap<String, ErrorSummary>,
     /// CPU per operation, when it could be measured.
     pub cpu: Option<CpuUse>,
+    /// Largest peak resident memory of a spawned node so far, MiB (`--spawn` only).
+    pub nodes_peak_rss_mib: Option<u64>,
 }
 
 /// Throughput and latency of one operation type.
@@ -244,6 +246,7 @@ impl PhaseReport {
             operations,
             errors_by_kind: rec.errors,
             cpu,
+            nodes_peak_rss_mib: None,
         }
     }
 
@@ -285,9 +288,13 @@ impl PhaseReport {
                 .nodes_us_per_op
                 .map(|us| format!(", nodes {us:.1} µs/op"))
                 .unwrap_or_default();
+            let rss = self
+                .nodes_peak_rss_mib
+                .map(|mib| format!("; node peak memory {mib} MiB"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  cpu: client {:.1} µs/op{nodes}, {:.2} cores busy",
+                "  cpu: client {:.1} µs/op{nodes}, {:.2} cores busy{rss}",
                 cpu.client_us_per_op, cpu.cores
             );
         }

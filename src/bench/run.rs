@@ -16,8 +16,8 @@ use anyhow::Context;
 use quorumkv_client::{Client, ReadOptions, WriteOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::cpu::CpuSnapshot;
 use super::report::{PhaseReport, Recorder};
+use super::usage::{peak_rss_mib, CpuSnapshot};
 use super::workload::{key_name, mix64, KeyChooser, Op, Permutation, SplitMix64, ValuePool, Workload};
 
 /// How often the progress line is refreshed.
@@ -103,7 +103,9 @@ pub async fn run_phase(client: &Client, phase: &Phase, node_pids: &[u32]) -> any
     let cpu_after = CpuSnapshot::take(node_pids);
     let ops = total.successes();
     let cpu = cpu_before.usage(&cpu_after, ops, elapsed);
-    Ok(PhaseReport::new(phase.workload, elapsed, total, cpu))
+    let mut report = PhaseReport::new(phase.workload, elapsed, total, cpu);
+    report.nodes_peak_rss_mib = peak_rss_mib(node_pids);
+    Ok(report)
 }
 
 /// One closed-loop worker: one request in flight at a time.

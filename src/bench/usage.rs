@@ -1,4 +1,5 @@
-//! CPU time spent per operation: the load generator's own and, with `--spawn`, the nodes'.
+//! What a phase cost the machine: CPU time per operation (the load generator's own and,
+//! with `--spawn`, the nodes') and the nodes' peak resident memory.
 //!
 //! Throughput on a shared 2-core machine drifts by ±15% between runs; the CPU an operation
 //! costs drifts much less, so it is what a change to the data path is judged by. Times come
@@ -60,6 +61,25 @@ impl CpuSnapshot {
     }
 }
 
+/// The largest peak resident set (`VmHWM`) among `pids`, in MiB; `None` if unreadable.
+pub fn peak_rss_mib(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            parse_vm_hwm_kib(&status)
+        })
+        .collect::<Option<Vec<u64>>>()?
+        .into_iter()
+        .max()
+        .map(|kib| kib / 1024)
+}
+
+/// The `VmHWM:` line of a `/proc/PID/status`, in KiB.
+fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// User + system time of process `pid` (or `"self"`), all threads included.
 fn process_cpu(pid: &str) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -86,5 +106,12 @@ mod tests {
         let line = "4242 (quorum kv) (x)) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 9 0 100 0 0";
         assert_eq!(parse_stat(line), Some(Duration::from_millis(2800)));
         assert_eq!(parse_stat("4242 (truncated"), None);
+    }
+
+    #[test]
+    fn peak_resident_memory_is_read_from_status() {
+        let status = "Name:\tquorumkv\nVmPeak:\t 900000 kB\nVmHWM:\t  524288 kB\nVmRSS:\t 400000 kB\n";
+        assert_eq!(parse_vm_hwm_kib(status), Some(524288));
+        assert_eq!(parse_vm_hwm_kib("Name:\tx\n"), None);
     }
 }
