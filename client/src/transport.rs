@@ -27,8 +27,8 @@ pub const LANES: usize = 2;
 pub const OWN_STREAM_THRESHOLD: usize = 64 * 1024;
 /// Frames queued per lane before senders wait.
 const LANE_QUEUE: usize = 1024;
-/// A writer stops coalescing once its buffer holds this much.
-const COALESCE_BYTES: usize = 256 * 1024;
+/// Most frames a writer hands to quinn in one write.
+const COALESCE_FRAMES: usize = 256;
 /// Read granularity of [`FrameReader`].
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -102,21 +102,16 @@ pub enum ReadFrameError {
 }
 
 /// Spawns a task that writes every frame sent on the returned channel to `send`,
-/// coalescing whatever is queued into one write. It finishes the stream when the channel
-/// closes and stops at the first write error.
+/// handing whatever is queued to quinn in one write. The frames are passed as chunks,
+/// which quinn keeps as they are: copying them into one buffer first cost two copies of
+/// every value (ours, then quinn's of a borrowed slice). It finishes the stream when the
+/// channel closes and stops at the first write error.
 pub fn spawn_frame_writer(mut send: SendStream, queue: usize) -> mpsc::Sender<Bytes> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
     tokio::spawn(async move {
-        let mut batch = BytesMut::new();
-        while let Some(first) = rx.recv().await {
-            batch.extend_from_slice(&first);
-            while batch.len() < COALESCE_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if send.write_all(&batch).await.is_err() {
+        let mut batch: Vec<Bytes> = Vec::with_capacity(COALESCE_FRAMES);
+        while rx.recv_many(&mut batch, COALESCE_FRAMES).await > 0 {
+            if send.write_all_chunks(&mut batch).await.is_err() {
                 return;
             }
             batch.clear();
