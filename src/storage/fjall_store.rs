@@ -321,20 +321,24 @@ impl Deliver for ReadAnswer {
 fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sender<ReadOp>, StorageError> {
     let (tx, mut rx) = mpsc::channel::<ReadOp>(READ_QUEUE);
     spawn_thread("storage-reader", move || {
-        let read = |op: ReadOp| {
-            let stored = records.get(record_key(&op.key)).map_err(fatal);
+        let read = |(stored_key, op): (Vec<u8>, ReadOp)| {
+            let stored = records.get(stored_key).map_err(fatal);
             let found = stored.and_then(|found| found.map(|bytes| decode_record(&bytes)).transpose());
             ReadAnswer(op, found)
         };
         while let Some(first) = rx.blocking_recv() {
-            let mut answers = vec![read(first)];
-            while answers.len() < MAX_READ_BATCH {
+            let mut batch = vec![first];
+            while batch.len() < MAX_READ_BATCH {
                 match rx.try_recv() {
-                    Ok(op) => answers.push(read(op)),
+                    Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
-            relay.send(answers);
+            // In key order, consecutive lookups share the upper levels of the memtable
+            // skiplist and the same index blocks, which are then still in the CPU cache.
+            let mut keyed: Vec<(Vec<u8>, ReadOp)> = batch.into_iter().map(|op| (record_key(&op.key), op)).collect();
+            keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            relay.send(keyed.into_iter().map(read).collect());
         }
     })?;
     Ok(tx)
