@@ -34,7 +34,7 @@ use super::codec::{
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
-use super::{Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
+use super::{next_batch, Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
 use crate::config::DurabilityMode;
 use crate::merkle::entry_hash;
 
@@ -326,14 +326,7 @@ fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sen
             let found = stored.and_then(|found| found.map(|bytes| decode_record(&bytes)).transpose());
             ReadAnswer(op, found)
         };
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_READ_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut rx, MAX_READ_BATCH) {
             // In key order, consecutive lookups share the upper levels of the memtable
             // skiplist and the same index blocks, which are then still in the CPU cache.
             let mut keyed: Vec<(Vec<u8>, ReadOp)> = batch.into_iter().map(|op| (record_key(&op.key), op)).collect();

@@ -87,6 +87,20 @@ pub(crate) fn test_record(micros: u64, value: Option<&'static [u8]>) -> Record {
     }
 }
 
+/// A storage thread's next unit of work: blocks for one queued operation, then takes
+/// whatever else is already queued, up to `max`. `None` once every sender is gone.
+fn next_batch<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = queue.blocking_recv()?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// What the node needs from its storage.
 pub trait Storage: Send + Sync + 'static {
     /// The stored record of `key`, if any.

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, RecordState, VersionIndex};
-use super::{Applied, Forest, HintStored, StorageError};
+use super::{next_batch, Applied, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 
 /// Most operations committed as one batch (bounds the latency of one commit).
@@ -125,14 +125,7 @@ pub enum Answer {
 impl Writer {
     /// Runs until every sender of `queue` is gone.
     pub fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
-        while let Some(first) = queue.blocking_recv() {
-            let mut ops = vec![first];
-            while ops.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
-            }
+        while let Some(ops) = next_batch(&mut queue, MAX_BATCH) {
             self.commit(ops);
         }
     }
