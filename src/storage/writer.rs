@@ -65,14 +65,14 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    /// Ring hash of the record key the operation touches (0 for index loading).
-    fn key_hash(&self) -> u64 {
+    /// The record key the operation touches (none for index loading).
+    fn key(&self) -> Option<&[u8]> {
         match self {
             WriteOp::Apply { key, .. }
             | WriteOp::StoreHint { key, .. }
             | WriteOp::RemoveHint { key, .. }
-            | WriteOp::Purge { key, .. } => KeyId::of(key).hash,
-            WriteOp::LoadIndex(_) | WriteOp::IndexLoaded => 0,
+            | WriteOp::Purge { key, .. } => Some(key),
+            WriteOp::LoadIndex(_) | WriteOp::IndexLoaded => None,
         }
     }
 }
@@ -130,18 +130,22 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, mut ops: Vec<WriteOp>) {
+    fn commit(&mut self, ops: Vec<WriteOp>) {
         // In key order the memtable inserts of a batch share the upper levels of the
         // skiplist, still in the CPU cache. The sort is stable: two operations on one key
-        // keep their order.
-        ops.sort_by_cached_key(WriteOp::key_hash);
+        // keep their order. The key ids are computed once, here.
+        let mut ops: Vec<(Option<KeyId>, WriteOp)> = ops.into_iter().map(|op| (op.key().map(KeyId::of), op)).collect();
+        ops.sort_by_key(|(id, _)| id.map_or(0, |id| id.hash));
         let mut batch = Batch {
             batch: self.db.batch().durability(Some(self.persist)),
             hints: HashMap::new(),
             deltas: Vec::new(),
             hint_count_changes: Vec::new(),
         };
-        let answers: Vec<Answer> = ops.into_iter().filter_map(|op| self.decide(op, &mut batch)).collect();
+        let answers: Vec<Answer> = ops
+            .into_iter()
+            .filter_map(|(id, op)| self.decide(op, id, &mut batch))
+            .collect();
         let Batch {
             batch: fjall_batch,
             deltas,
@@ -165,9 +169,13 @@ impl Writer {
     }
 
     /// Decides one operation into `batch`; `None` for those nobody waits on.
-    fn decide(&mut self, op: WriteOp, batch: &mut Batch) -> Option<Answer> {
+    /// `id` is the id of the op's key, when it has one.
+    fn decide(&mut self, op: WriteOp, id: Option<KeyId>, batch: &mut Batch) -> Option<Answer> {
         let answer = match op {
-            WriteOp::Apply { key, record, done } => Answer::Apply(done, self.apply(&key, &record, batch)),
+            WriteOp::Apply { key, record, done } => {
+                let id = id.unwrap_or_else(|| KeyId::of(&key));
+                Answer::Apply(done, self.apply(id, &key, &record, batch))
+            }
             WriteOp::StoreHint {
                 owner,
                 key,
@@ -180,7 +188,10 @@ impl Writer {
                 version,
                 done,
             } => Answer::Unit(done, self.remove_hint(&owner, &key, version, batch)),
-            WriteOp::Purge { key, version, done } => Answer::Purge(done, self.purge(&key, version, batch)),
+            WriteOp::Purge { key, version, done } => {
+                let id = id.unwrap_or_else(|| KeyId::of(&key));
+                Answer::Purge(done, self.purge(id, &key, version, batch))
+            }
             WriteOp::LoadIndex(chunk) => {
                 self.index.load(chunk);
                 return None;
@@ -194,8 +205,7 @@ impl Writer {
         Some(answer)
     }
 
-    fn apply(&mut self, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
-        let id = KeyId::of(key);
+    fn apply(&mut self, id: KeyId, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
         let old = self.record_state(id, &stored_key)?;
         if let Some((current, _)) = old.filter(|(v, _)| *v >= record.version) {
@@ -230,8 +240,7 @@ impl Writer {
         })
     }
 
-    fn purge(&mut self, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
-        let id = KeyId::of(key);
+    fn purge(&mut self, id: KeyId, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
         if self.record_state(id, &stored_key)? != Some((version, true)) {
             return Ok(false);
