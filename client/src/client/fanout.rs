@@ -131,8 +131,9 @@ pub struct Answers {
     pending: FuturesUnordered<BoxFuture<'static, Answer>>,
     /// The request, kept to hand it to a fallback as a hint.
     request: Request,
-    /// Fallback nodes per target, in the order hints try them.
-    fallbacks: Vec<(usize, Vec<usize>)>,
+    /// The targets and the nodes that may hold their hints (kept only with hints on).
+    targets: Vec<usize>,
+    fallbacks: Vec<usize>,
     timeout: Duration,
     hints: HintPolicy,
     /// Finish the remaining sends in the background when dropped.
@@ -155,12 +156,16 @@ impl Answers {
     }
 
     fn send_hint(&mut self, owner: usize) {
-        let candidates = self
+        // Each failed target tries the fallbacks starting at its own offset, spreading hints.
+        let offset = self.targets.iter().position(|&t| t == owner).unwrap_or(0);
+        let candidates: Vec<usize> = self
             .fallbacks
             .iter()
-            .find(|(target, _)| *target == owner)
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
+            .cycle()
+            .skip(offset)
+            .take(self.fallbacks.len())
+            .copied()
+            .collect();
         let (inner, request, timeout) = (self.inner.clone(), self.request.clone(), self.timeout);
         self.pending.push(Box::pin(async move {
             inner.send_hint(owner, &candidates, request, timeout).await
@@ -180,6 +185,7 @@ impl Drop for Answers {
             inner: self.inner.clone(),
             pending: std::mem::take(&mut self.pending),
             request: self.request.clone(),
+            targets: std::mem::take(&mut self.targets),
             fallbacks: std::mem::take(&mut self.fallbacks),
             timeout: self.timeout,
             hints: self.hints,
@@ -221,22 +227,15 @@ impl Inner {
                 (Source::Replica(node), result)
             }) as BoxFuture<'static, Answer>);
         }
-        // Each failed target tries the fallbacks starting at its own offset, spreading hints.
-        let fallbacks = match hints.enabled {
-            true => targets
-                .iter()
-                .enumerate()
-                .map(|(i, &node)| {
-                    let from_offset = fallbacks.iter().cycle().skip(i).take(fallbacks.len());
-                    (node, from_offset.copied().collect())
-                })
-                .collect(),
-            false => Vec::new(),
+        let (targets, fallbacks) = match hints.enabled {
+            true => (targets.to_vec(), fallbacks.to_vec()),
+            false => (Vec::new(), Vec::new()),
         };
         Answers {
             inner: self.clone(),
             pending,
             request,
+            targets,
             fallbacks,
             timeout,
             hints,
