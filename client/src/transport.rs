@@ -21,6 +21,41 @@ use serde::Serialize;
 
 use crate::wire::{decode, frame_bytes, split_frame, Frame, FrameError};
 
+/// Request ids, unique in the process: a request encoded once can go to several
+/// connections under the same id.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A request encoded as a frame once, to be sent to one or more connections (a quorum
+/// request goes to n replicas: encoding it once saved n-1 copies of its value).
+pub struct EncodedRequest<Q> {
+    id: u64,
+    frame: Bytes,
+    _request: std::marker::PhantomData<fn(Q)>,
+}
+
+impl<Q> Clone for EncodedRequest<Q> {
+    fn clone(&self) -> Self {
+        EncodedRequest {
+            id: self.id,
+            frame: self.frame.clone(),
+            _request: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Q: Serialize> EncodedRequest<Q> {
+    /// Encodes `request` under a fresh id.
+    pub fn new(request: &Q) -> Result<Self, TransportError> {
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let frame = frame_bytes(&Frame { id, body: request })?;
+        Ok(EncodedRequest {
+            id,
+            frame,
+            _request: std::marker::PhantomData,
+        })
+    }
+}
+
 /// Long-lived streams per connection.
 pub const LANES: usize = 2;
 /// Frames larger than this go on a stream of their own (large values, bulk transfers).
@@ -157,7 +192,6 @@ pub struct MuxConnection<Q, A> {
     conn: Connection,
     lanes: Vec<Lane<A>>,
     next_lane: AtomicUsize,
-    next_id: AtomicU64,
     /// Largest response frame accepted.
     max_frame: usize,
     /// Counts the bytes this connection carries.
@@ -189,7 +223,6 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
             conn,
             lanes,
             next_lane: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
             max_frame,
             traffic,
             _requests: std::marker::PhantomData,
@@ -198,8 +231,12 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
 
     /// Sends `request` and waits for its response (no timeout: callers add their own).
     pub async fn call(&self, request: Q) -> Result<A, TransportError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = frame_bytes(&Frame { id, body: request })?;
+        self.call_encoded(EncodedRequest::new(&request)?).await
+    }
+
+    /// Sends an already encoded request and waits for its response (no timeout).
+    pub async fn call_encoded(&self, request: EncodedRequest<Q>) -> Result<A, TransportError> {
+        let EncodedRequest { id, frame, .. } = request;
         self.traffic.count_sent(frame.len());
         if frame.len() > OWN_STREAM_THRESHOLD {
             return self.call_on_own_stream(frame).await;
@@ -370,7 +407,12 @@ impl<Q: Serialize, A: DeserializeOwned + Send + 'static> ConnectionPool<Q, A> {
 
     /// Sends `request` to destination `index` and waits for the answer (no timeout).
     pub async fn call(&self, index: usize, request: Q) -> Result<A, TransportError> {
-        self.connection(index).await?.call(request).await
+        self.call_encoded(index, EncodedRequest::new(&request)?).await
+    }
+
+    /// Sends an already encoded request to destination `index` (no timeout).
+    pub async fn call_encoded(&self, index: usize, request: EncodedRequest<Q>) -> Result<A, TransportError> {
+        self.connection(index).await?.call_encoded(request).await
     }
 
     /// The cached connection to destination `index`, dialling one if needed.

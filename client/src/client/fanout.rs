@@ -22,6 +22,7 @@ use super::Inner;
 use crate::error::{ClientError, FailureReason, ReplicaFailure};
 use crate::options::QuorumPlan;
 use crate::quorum::{QuorumState, QuorumTracker};
+use crate::transport::EncodedRequest;
 use crate::wire::{Request, Response};
 
 /// How long a replica that failed is skipped by writes (they go to a fallback instead).
@@ -212,8 +213,9 @@ impl Inner {
         finish: bool,
     ) -> Answers {
         let pending = FuturesUnordered::new();
+        let encoded = EncodedRequest::new(&request);
         for &node in targets {
-            let (inner, request) = (self.clone(), request.clone());
+            let (inner, encoded) = (self.clone(), encoded.clone());
             pending.push(Box::pin(async move {
                 // A replica that just failed is skipped for a while instead of waiting out
                 // another timeout (its write goes to a fallback when hints are on).
@@ -221,7 +223,10 @@ impl Inner {
                     let reason = FailureReason::Unreachable(format!("failed in the last {DOWN_BACKOFF:?}"));
                     return (Source::Replica(node), Err(reason));
                 }
-                let result = inner.call_with_timeout(node, request, timeout).await;
+                let result = match encoded {
+                    Ok(encoded) => inner.send_with_timeout(node, encoded, timeout).await,
+                    Err(e) => Err(FailureReason::Unreachable(e.to_string())),
+                };
                 // Only a real attempt says anything new about the replica's health.
                 inner.health.observe(node, &result);
                 (Source::Replica(node), result)

@@ -25,7 +25,7 @@ use crate::error::{ClientError, FailureReason};
 use crate::options::{ReadOptions, RepairMode, WriteOptions};
 use crate::ring::Ring;
 use crate::tls::TlsIdentity;
-use crate::transport::{ConnectionPool, Destination, TransportError};
+use crate::transport::{ConnectionPool, Destination, EncodedRequest};
 use crate::version::{HybridClock, Version};
 use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
@@ -345,15 +345,24 @@ impl Inner {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, FailureReason> {
-        match tokio::time::timeout(timeout, self.call(node, request)).await {
+        match EncodedRequest::new(&request) {
+            Ok(encoded) => self.send_with_timeout(node, encoded, timeout).await,
+            Err(e) => Err(FailureReason::Unreachable(e.to_string())),
+        }
+    }
+
+    /// Sends a request encoded beforehand (once for all the replicas it goes to).
+    async fn send_with_timeout(
+        &self,
+        node: usize,
+        request: EncodedRequest<Request>,
+        timeout: Duration,
+    ) -> Result<Response, FailureReason> {
+        match tokio::time::timeout(timeout, self.nodes.call_encoded(node, request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(FailureReason::Unreachable(e.to_string())),
             Err(_) => Err(FailureReason::Timeout),
         }
-    }
-
-    async fn call(&self, node: usize, request: Request) -> Result<Response, TransportError> {
-        self.nodes.call(node, request).await
     }
 }
 
