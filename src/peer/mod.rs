@@ -10,7 +10,7 @@ mod service;
 
 use bytes::Bytes;
 use quorumkv_client::transport::{ConnectionPool, Destination};
-use quorumkv_client::wire::{Record, FRAME_OVERHEAD};
+use quorumkv_client::wire::{FrameSizeHint, Record, FRAME_OVERHEAD};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ClusterConfig;
@@ -60,6 +60,9 @@ pub enum PeerRequest {
         pull: Vec<Bytes>,
     },
 }
+
+/// Peer requests are encoded into a default-sized buffer (they are not on the hot path).
+impl FrameSizeHint for PeerRequest {}
 
 /// A node's answer to a [`PeerRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
