@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, Incoming, SendStream};
 use quorumkv_client::transport::{spawn_frame_writer, FrameReader, ReadFrameError};
-use quorumkv_client::wire::{decode, frame_bytes, Frame, PEER_ALPN};
+use quorumkv_client::wire::{decode, frame_bytes_sized, Frame, FrameSizeHint, PEER_ALPN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
@@ -38,7 +38,7 @@ pub trait Handler: Send + Sync + 'static {
     /// The protocol's requests.
     type Request: DeserializeOwned + Send + 'static;
     /// The protocol's responses.
-    type Response: Serialize + Send + 'static;
+    type Response: Serialize + FrameSizeHint + Send + 'static;
     /// Answers one request.
     fn handle(self: Arc<Self>, request: Self::Request) -> impl Future<Output = Self::Response> + Send;
     /// The response to a frame that could not be read.
@@ -183,8 +183,9 @@ async fn dispatch<H: Handler>(
     });
 }
 
-async fn send_response<T: Serialize>(responses: &mpsc::Sender<Bytes>, id: u64, response: T) {
-    match frame_bytes(&Frame { id, body: response }) {
+async fn send_response<T: Serialize + FrameSizeHint>(responses: &mpsc::Sender<Bytes>, id: u64, response: T) {
+    let capacity = response.frame_size_hint();
+    match frame_bytes_sized(&Frame { id, body: response }, capacity) {
         Ok(bytes) => {
             let _ = responses.send(bytes).await;
         }
@@ -192,7 +193,11 @@ async fn send_response<T: Serialize>(responses: &mpsc::Sender<Bytes>, id: u64, r
     }
 }
 
-async fn reject_stream<T: Serialize>(reader: &mut FrameReader, responses: &mpsc::Sender<Bytes>, reply: T) {
+async fn reject_stream<T: Serialize + FrameSizeHint>(
+    reader: &mut FrameReader,
+    responses: &mpsc::Sender<Bytes>,
+    reply: T,
+) {
     tracing::warn!("closing a stream after a bad frame");
     send_response(responses, NO_REQUEST, reply).await;
     reader.stop(BAD_FRAME);

@@ -94,6 +94,15 @@ impl FrameSizeHint for Request {
     }
 }
 
+impl FrameSizeHint for Response {
+    fn frame_size_hint(&self) -> usize {
+        match self {
+            Response::Record(Some(record)) => FRAME_START_CAPACITY + record.value.as_ref().map_or(0, |v| v.len()),
+            _ => FRAME_START_CAPACITY,
+        }
+    }
+}
+
 /// A node's answer to one [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {

@@ -94,6 +94,9 @@ pub enum PeerResponse {
     Error(String),
 }
 
+/// Peer responses are encoded into a default-sized buffer (they are not on the hot path).
+impl FrameSizeHint for PeerResponse {}
+
 /// Connections to the other members, speaking the peer protocol.
 pub type PeerPool = ConnectionPool<PeerRequest, PeerResponse>;
 
