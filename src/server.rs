@@ -184,8 +184,8 @@ async fn dispatch<H: Handler>(
 }
 
 async fn send_response<T: Serialize + FrameSizeHint>(responses: &mpsc::Sender<Bytes>, id: u64, response: T) {
-    let capacity = response.frame_size_hint();
-    match frame_bytes_sized(&Frame { id, body: response }, capacity) {
+    let frame = Frame { id, body: response };
+    match frame_bytes_sized(&frame, frame.frame_size_hint()) {
         Ok(bytes) => {
             let _ = responses.send(bytes).await;
         }

@@ -48,7 +48,8 @@ impl<Q: Serialize + FrameSizeHint> EncodedRequest<Q> {
     /// Encodes `request` under a fresh id.
     pub fn new(request: &Q) -> Result<Self, TransportError> {
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-        let frame = frame_bytes_sized(&Frame { id, body: request }, request.frame_size_hint())?;
+        let frame = Frame { id, body: request };
+        let frame = frame_bytes_sized(&frame, frame.frame_size_hint())?;
         Ok(EncodedRequest {
             id,
             frame,

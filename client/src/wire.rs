@@ -83,6 +83,18 @@ pub trait FrameSizeHint {
     }
 }
 
+impl<T: FrameSizeHint> FrameSizeHint for &T {
+    fn frame_size_hint(&self) -> usize {
+        (**self).frame_size_hint()
+    }
+}
+
+impl<T: FrameSizeHint> FrameSizeHint for Frame<T> {
+    fn frame_size_hint(&self) -> usize {
+        self.body.frame_size_hint()
+    }
+}
+
 impl FrameSizeHint for Request {
     fn frame_size_hint(&self) -> usize {
         match self {
