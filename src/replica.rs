@@ -1,7 +1,7 @@
 //! The replica: what one node does with one client request.
 //!
 //! One exhaustive `match` hands each request to a short function: reads return the
-//! node's own record, writes go through storage's compare-and-write (a stale write is
+//! node's own record (or only its version, from the in-memory index), writes go through storage's compare-and-write (a stale write is
 //! answered with the newer version it lost to), hints are held for their owner,
 //! `Members` describes the cluster and `Status` this node's view of it. Requests are
 //! checked against the cluster's limits and the ring epoch first.
@@ -43,6 +43,7 @@ impl Replica {
     pub async fn answer(&self, request: Request) -> Response {
         let result = match request {
             Request::Get { epoch, key } => self.get(epoch, key).await,
+            Request::GetVersion { epoch, key } => self.get_version(epoch, key).await,
             Request::Put { epoch, key, record } => self.put(epoch, key, record).await,
             Request::PutHint {
                 epoch,
@@ -61,6 +62,13 @@ impl Replica {
         self.check_len("key", key.len(), self.info.max_key_bytes)?;
         let record = self.ctx.storage.get(key).await.map_err(storage_error)?;
         Ok(Response::Record(record))
+    }
+
+    async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
+        self.check_epoch(epoch)?;
+        self.check_len("key", key.len(), self.info.max_key_bytes)?;
+        let held = self.ctx.storage.version(key).await.map_err(storage_error)?;
+        Ok(Response::Version(held))
     }
 
     async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, ErrorReply> {

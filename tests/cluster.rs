@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{copies, reachable, wait_until, Shape, TestCluster};
 use quorumkv_client::clock::Clock;
-use quorumkv_client::{Client, ClientError, FailureReason, ReadOptions, WriteOptions};
+use quorumkv_client::{Client, ClientError, FailureReason, ReadOptions, RepairMode, WriteOptions};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -106,28 +106,77 @@ async fn one_node_down_quorums_of_two_still_work() {
     cluster.shutdown().await;
 }
 
+/// A key whose first replica, the one a read asks for the record (the others are asked
+/// only for its version), is member `first`.
+fn key_read_from(client: &Client, first: usize, prefix: &str) -> String {
+    let ring = client.ring();
+    let led = |key: &String| ring.replicas(ring.partition_of(key.as_bytes())).first() == Some(&first);
+    (0..).map(|i| format!("{prefix}{i}")).find(led).unwrap()
+}
+
+/// Runs `change` with n1 stopped, so that n1 keeps what it held before.
+async fn while_n1_is_down<F: std::future::Future>(cluster: &mut TestCluster, client: &Client, change: F) -> F::Output {
+    cluster.stop(0).await;
+    let out = change.await;
+    // The sends to n1 must have failed before n1 is back, or they would deliver.
+    assert!(client.finish_background(DEADLINE).await);
+    cluster.restart(0).await;
+    reachable(client, "n1").await;
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_returns_the_newest_of_its_answers() {
     let mut cluster = TestCluster::start(Shape::three()).await;
     let client = cluster.client().await;
     let ids: Vec<String> = (0..3).map(|i| cluster.id(i)).collect();
-    let old = client.put_with("k", "old", &w(3, 3)).await.unwrap();
-    cluster.stop(0).await;
-    let new = client.put_with("k", "new", &w(3, 2)).await.unwrap();
-    // The send to n1 must have failed before n1 is back, or it would deliver the write.
-    assert!(client.finish_background(DEADLINE).await);
-    cluster.restart(0).await;
-    reachable(&client, "n1").await;
-    let held = copies(&client, &ids, "k").await.unwrap();
+    let no_repair = ReadOptions {
+        repair: RepairMode::Off,
+        ..r(3, 2)
+    };
+    // n1 is asked for the record and holds an older one than the version-only answers
+    // of n2 and n3 announce: the read fetches the newest from one of them.
+    let key = key_read_from(&client, 0, "k");
+    let old = client.put_with(key.clone(), "old", &w(3, 3)).await.unwrap();
+    let new = while_n1_is_down(&mut cluster, &client, client.put_with(key.clone(), "new", &w(3, 2))).await;
+    let new = new.unwrap();
+    let held = copies(&client, &ids, &key).await.unwrap();
     assert_eq!(
         held[0].as_ref().map(|r| r.version),
         Some(old),
         "n1 missed the second write"
     );
     for _ in 0..10 {
-        let found = client.get_with("k", &r(3, 2)).await.unwrap().unwrap();
+        let found = client.get_with(key.clone(), &no_repair).await.unwrap().unwrap();
         assert_eq!((found.value, found.version), (Bytes::from("new"), new));
     }
+    // A newest version that is a delete needs no record: the key reads as absent.
+    while_n1_is_down(&mut cluster, &client, client.delete_with(key.clone(), &w(3, 2)))
+        .await
+        .unwrap();
+    assert_eq!(client.get_with(key.clone(), &no_repair).await.unwrap(), None);
+    assert_eq!(
+        copies(&client, &ids, &key).await.unwrap()[0]
+            .as_ref()
+            .map(|r| r.version),
+        Some(old)
+    );
+
+    // A data replica that stops answering costs a read a short wait, not its timeout.
+    let key = key_read_from(&client, 0, "hung");
+    let written = client.put_with(key.clone(), "value", &w(3, 3)).await.unwrap();
+    cluster.isolate(0);
+    let patient = ReadOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..r(3, 2)
+    };
+    let started = std::time::Instant::now();
+    let found = client.get_with(key.clone(), &patient).await.unwrap().unwrap();
+    assert_eq!((found.value, found.version), (Bytes::from("value"), written));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the read waited out the timeout"
+    );
     cluster.shutdown().await;
 }
 

@@ -9,16 +9,22 @@ use common::{Shape, TestCluster};
 use quorumkv_client::net::bind_udp;
 use quorumkv_client::transport::FrameReader;
 use quorumkv_client::wire::{
-    decode, encode_frame, ErrorKind, Record, Request, RequestFrame, Response, ResponseFrame, FRAME_OVERHEAD,
+    decode, encode_frame, ErrorKind, HeldVersion, Record, Request, RequestFrame, Response, ResponseFrame, ALPN,
+    ALPN_V1, FRAME_OVERHEAD,
 };
 use quorumkv_client::Version;
 
 /// A raw connection to node n1 with the cluster's client certificate.
 async fn raw_connection(cluster: &TestCluster) -> quinn::Connection {
+    raw_connection_speaking(cluster, ALPN).await
+}
+
+/// A raw connection to node n1 speaking the client protocol version named by `alpn`.
+async fn raw_connection_speaking(cluster: &TestCluster, alpn: &[u8]) -> quinn::Connection {
     let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
     let runtime = std::sync::Arc::new(quinn::TokioRuntime);
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
-    let tls = cluster.client_identity().client_config().unwrap();
+    let tls = cluster.client_identity().client_config_for(alpn).unwrap();
     let addr = cluster.config.nodes[0].addr;
     endpoint
         .connect_with(tls, addr, "n1")
@@ -134,7 +140,56 @@ async fn requests_a_client_would_refuse_are_refused_by_the_node_too() {
         key: Bytes::from_static(b"k"),
     };
     assert_error(&exchange(&conn, &frame(stale_epoch)).await, ErrorKind::StaleEpoch);
+    let stale_epoch = Request::GetVersion {
+        epoch: epoch ^ 1,
+        key: Bytes::from_static(b"k"),
+    };
+    assert_error(&exchange(&conn, &frame(stale_epoch)).await, ErrorKind::StaleEpoch);
+    let long_key = Request::GetVersion {
+        epoch,
+        key: Bytes::from(vec![b'k'; 2000]),
+    };
+    assert_error(&exchange(&conn, &frame(long_key)).await, ErrorKind::TooLarge);
 
     assert_eq!(client.get("k").await.unwrap(), None, "nothing refused was stored");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_reads_and_protocol_1_clients_are_served() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    let epoch = client.ring().epoch();
+    let options = quorumkv_client::WriteOptions {
+        w: Some(3),
+        ..Default::default()
+    };
+    let version = client.put_with("k", "v", &options).await.unwrap();
+    let key = || Bytes::from_static(b"k");
+
+    let conn = raw_connection(&cluster).await;
+    let held = exchange(&conn, &frame(Request::GetVersion { epoch, key: key() })).await;
+    let expected = Response::Version(Some(HeldVersion {
+        version,
+        tombstone: false,
+    }));
+    assert_eq!(held.iter().map(|f| &f.body).collect::<Vec<_>>(), [&expected]);
+    let missing = Request::GetVersion {
+        epoch,
+        key: Bytes::from_static(b"never written"),
+    };
+    let held = exchange(&conn, &frame(missing)).await;
+    assert_eq!(
+        held.iter().map(|f| &f.body).collect::<Vec<_>>(),
+        [&Response::Version(None)]
+    );
+
+    let v1 = raw_connection_speaking(&cluster, ALPN_V1).await;
+    let record = exchange(&v1, &frame(Request::Get { epoch, key: key() })).await;
+    let expected = Response::Record(Some(Record {
+        version,
+        value: Some(Bytes::from_static(b"v")),
+    }));
+    assert_eq!(record.iter().map(|f| &f.body).collect::<Vec<_>>(), [&expected]);
     cluster.shutdown().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::wire::{ALPN, PEER_ALPN};
+use crate::wire::{ALPN, ALPN_V1, PEER_ALPN};
 
 /// Keep-alive well below the idle timeout so quiet connections stay open.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -130,7 +130,7 @@ impl TlsIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(config_error)?;
-        crypto.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
+        crypto.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec(), PEER_ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(config_error)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(transport_config());

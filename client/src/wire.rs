@@ -1,7 +1,7 @@
 //! The client↔node protocol: messages and their framing.
 //!
 //! A frame is a little-endian `u32` length followed by that many bytes of rmp-serde
-//! (struct-map form) encoding a [`RequestFrame`] or [`ResponseFrame`]. Frames carry a
+//! (structs as arrays) encoding a [`RequestFrame`] or [`ResponseFrame`]. Frames carry a
 //! request id so that many requests share one long-lived QUIC stream (see
 //! [`crate::transport`]). The protocol version is the ALPN ([`ALPN`]); a change to these
 //! types that old peers cannot read needs a new ALPN.
@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::version::Version;
 
-/// ALPN of the client protocol, version 1.
-pub const ALPN: &[u8] = b"quorumkv/1";
+/// ALPN of the client protocol, version 2 (version 1 plus `GetVersion`).
+pub const ALPN: &[u8] = b"quorumkv/2";
+/// ALPN of the client protocol's version 1, which nodes still serve (its messages are a
+/// subset of version 2's, with the same encoding).
+pub const ALPN_V1: &[u8] = b"quorumkv/1";
 /// ALPN of the node-to-node protocol, version 1 (messages defined by the node).
 pub const PEER_ALPN: &[u8] = b"quorumkv-peer/1";
 
@@ -35,6 +38,24 @@ impl Record {
     /// Whether this record says the key is deleted.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+}
+
+/// What a node holds for a key, without the value: the answer to a version-only read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldVersion {
+    /// The stored record's version.
+    pub version: Version,
+    /// Whether that record is a tombstone.
+    pub tombstone: bool,
+}
+
+impl From<&Record> for HeldVersion {
+    fn from(record: &Record) -> HeldVersion {
+        HeldVersion {
+            version: record.version,
+            tombstone: record.is_tombstone(),
+        }
     }
 }
 
@@ -73,6 +94,14 @@ pub enum Request {
     Members,
     /// This node's view of its peers, partitions and repairs.
     Status,
+    /// The version of the node's copy of a key, without the value (the digest requests
+    /// of a quorum read). New in protocol version 2.
+    GetVersion {
+        /// Ring epoch the client routed with; the node refuses a different one.
+        epoch: u64,
+        /// The key.
+        key: Bytes,
+    },
 }
 
 /// How large a message's frame will be, roughly: the buffer to encode it into.
@@ -134,6 +163,8 @@ pub enum Response {
     Status(NodeStatus),
     /// The request was refused or failed.
     Error(ErrorReply),
+    /// Answer to `GetVersion`: what the node holds, or `None` if it has never seen the key.
+    Version(Option<HeldVersion>),
 }
 
 /// Everything a client needs to route requests: members and the cluster's settings.

@@ -3,11 +3,12 @@
 //! Three keyspaces: `records` (the data, each value behind a header with its version and
 //! tombstone flag), `hints` (records held for other nodes) and `tombstones` (an index of
 //! deletes with their arrival time, so purging never scans the data). Compare-and-write
-//! takes versions from the writer's in-memory [`VersionIndex`], so a write is one fjall
+//! takes versions from the in-memory [`VersionIndex`], so a write is one fjall
 //! insert (a separate `versions` keyspace, written with every record so that scans could
 //! skip values, cost ~20% of the nodes' CPU per write; stores that still have it drop it
 //! at open). Writes go through the writer thread ([`super::writer`]), point reads through
-//! one reader thread, and scans (anti-entropy, hints, tombstones) run on blocking
+//! one reader thread, version-only reads are answered from the index on the caller's
+//! thread (the reader only while the index still loads), and scans (anti-entropy, hints, tombstones) run on blocking
 //! threads. At open a snapshot is taken before the writer starts, and a scan of it
 //! rebuilds the Merkle trees and the version index while the node already serves: live
 //! writes fold their deltas into the same trees, which is exact because XOR updates
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use futures_util::future::BoxFuture;
 use quorumkv_client::clock::Clock;
-use quorumkv_client::wire::Record;
+use quorumkv_client::wire::{HeldVersion, Record};
 use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,7 +33,7 @@ use super::codec::{
     decode_header, decode_record, decode_tombstone, hint_owner, hint_prefix, record_key, split_record_key, HASH_PREFIX,
 };
 use super::relay::{Deliver, Relay};
-use super::version_index::{KeyId, VersionIndex};
+use super::version_index::{KeyId, Lookup, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
 use super::{next_batch, Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
 use crate::config::DurabilityMode;
@@ -75,6 +76,8 @@ pub struct FjallStorage {
     writes: mpsc::Sender<WriteOp>,
     /// Queue of the reader thread (point reads).
     reads: mpsc::Sender<ReadOp>,
+    /// Committed versions of the records (written by the writer thread).
+    index: Arc<VersionIndex>,
     /// Set at the first fatal error.
     poisoned: Arc<AtomicBool>,
     /// Tells the periodic fsync thread to stop.
@@ -109,6 +112,7 @@ impl FjallStorage {
         // Taken before the writer starts: every later write is a delta on top of it.
         spawn_rebuild(db.clone(), records.clone(), forest.clone(), tx.clone())?;
         let poisoned = Arc::new(AtomicBool::new(false));
+        let index = Arc::new(VersionIndex::loading());
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
@@ -123,7 +127,7 @@ impl FjallStorage {
             clock,
             hint_counts: hint_counts.clone(),
             max_hints_per_node: options.max_hints_per_node,
-            index: VersionIndex::loading(),
+            index: index.clone(),
             relay: Relay::spawn(&runtime),
         };
         let reads = spawn_reader(records.clone(), Relay::spawn(&runtime))?;
@@ -139,6 +143,7 @@ impl FjallStorage {
             tombstones,
             writes: tx,
             reads,
+            index,
             poisoned,
             stop_periodic,
             forest,
@@ -190,6 +195,17 @@ impl Storage for FjallStorage {
                 .await
                 .map_err(|_| StorageError::Closed)?;
             result.await.map_err(|_| StorageError::Closed)?
+        })
+    }
+
+    fn version(&self, key: Bytes) -> BoxFuture<'_, Result<Option<HeldVersion>, StorageError>> {
+        Box::pin(async move {
+            self.check()?;
+            if let Lookup::Known(state) = self.index.lookup(&KeyId::of(&key)) {
+                return Ok(state.map(|(version, tombstone)| HeldVersion { version, tombstone }));
+            }
+            // The index is still loading and has not seen the key.
+            Ok(self.get(key).await?.as_ref().map(HeldVersion::from))
         })
     }
 
@@ -480,6 +496,68 @@ mod tests {
             .unwrap());
         assert_eq!(store.get(key).await.unwrap(), None);
         assert!(store.tombstones(10).await.unwrap().is_empty());
+    }
+
+    /// What `version` says must be what `get` returns, without the value.
+    async fn assert_versions_match_records(store: &FjallStorage, keys: &[&'static [u8]]) {
+        for key in keys {
+            let key = Bytes::from_static(key);
+            let record = store.get(key.clone()).await.unwrap();
+            let held = store.version(key).await.unwrap();
+            assert_eq!(held, record.as_ref().map(HeldVersion::from));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_reads_agree_with_record_reads_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: [&'static [u8]; 4] = [b"value", b"deleted", b"purged", b"never"];
+        {
+            let store = open(dir.path());
+            for (i, key) in keys[..3].iter().enumerate() {
+                store
+                    .apply(Bytes::from_static(key), record(10 + i as u64, Some(b"v")))
+                    .await
+                    .unwrap();
+            }
+            store
+                .apply(Bytes::from_static(b"deleted"), record(20, None))
+                .await
+                .unwrap();
+            store
+                .apply(Bytes::from_static(b"purged"), record(21, None))
+                .await
+                .unwrap();
+            assert!(store
+                .purge(Bytes::from_static(b"purged"), Version { micros: 21, writer: 1 })
+                .await
+                .unwrap());
+            assert_eq!(
+                store.version(Bytes::from_static(b"deleted")).await.unwrap(),
+                Some(HeldVersion {
+                    version: Version { micros: 20, writer: 1 },
+                    tombstone: true
+                })
+            );
+            assert_versions_match_records(&store, &keys).await;
+            store.flush().await.unwrap();
+        }
+        // Reopened, the index loads in the background: right away and after, it agrees.
+        let store = open(dir.path());
+        assert_versions_match_records(&store, &keys).await;
+        store
+            .apply(Bytes::from_static(b"value"), record(30, Some(b"w")))
+            .await
+            .unwrap();
+        assert_versions_match_records(&store, &keys).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.index.len() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the index loads");
+        assert_versions_match_records(&store, &keys).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use quorumkv_client::wire::Record;
+use quorumkv_client::wire::{HeldVersion, Record};
 use quorumkv_client::Version;
 
 pub use codec::{decode_record, encode_record};
@@ -105,6 +105,9 @@ fn next_batch<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Opti
 pub trait Storage: Send + Sync + 'static {
     /// The stored record of `key`, if any.
     fn get(&self, key: Bytes) -> BoxFuture<'_, Result<Option<Record>, StorageError>>;
+    /// The version of the stored record of `key`, if any: what [`get`](Self::get) would
+    /// return, without the value.
+    fn version(&self, key: Bytes) -> BoxFuture<'_, Result<Option<HeldVersion>, StorageError>>;
     /// Stores `record` if it is newer than the stored one; atomic per key.
     fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>>;
     /// Every key whose hash lies in `[start, end]`, with its version, in hash order.

@@ -1,4 +1,4 @@
-//! The writer thread's in-memory index of every record's version.
+//! The in-memory index of every record's committed version.
 //!
 //! Compare-and-write needs the stored version of the key before every write. Reading it
 //! from fjall searched two memtable skiplists and the segments' filters on each write,
@@ -8,6 +8,12 @@
 //! version and the tombstone flag: ~41 bytes per key in the table, ~86 MiB for a million
 //! keys. Two different keys sharing 128 digest bits is not a practical concern.
 //!
+//! The writer thread is its only writer and publishes a batch's outcomes once the batch
+//! is committed, so the index never shows a version a read of the store could not
+//! return. Version-only reads (the digests of a quorum read) are answered from it on the
+//! node's runtime, without the storage reader; it is split into shards behind their own
+//! locks so that they rarely wait for the writer.
+//!
 //! At open the index is empty and the tree-rebuild scan of the store's snapshot loads it
 //! in chunks through the writer's queue. Until the scan is done a key the index does not
 //! know is read from fjall (and remembered). Keys the writer decides on meanwhile are
@@ -16,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
 
 use quorumkv_client::Version;
 
@@ -75,7 +82,7 @@ impl Hasher for DigestHasher {
     }
 }
 
-type DigestBuild = BuildHasherDefault<DigestHasher>;
+pub type DigestBuild = BuildHasherDefault<DigestHasher>;
 
 /// What the index says about a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,66 +93,89 @@ pub enum Lookup {
     Unknown,
 }
 
-/// Versions of every stored record, owned by the writer thread.
+/// Lock shards of the index (a power of two).
+const SHARDS: usize = 64;
+
+/// One shard: the states of the keys whose ring hash falls into it.
 #[derive(Default)]
-pub struct VersionIndex {
+struct Shard {
     states: HashMap<KeyId, RecordState, DigestBuild>,
     /// While the snapshot scan still loads: keys the writer has decided on since open.
     /// `None` once loading is complete.
     touched: Option<HashSet<KeyId, DigestBuild>>,
 }
 
+/// Committed versions of every stored record, shared by the writer and version reads.
+pub struct VersionIndex {
+    shards: Box<[Mutex<Shard>]>,
+}
+
 impl VersionIndex {
     /// An empty index waiting for [`load`](Self::load) chunks and [`loaded`](Self::loaded).
     pub fn loading() -> VersionIndex {
+        let shard = || {
+            Mutex::new(Shard {
+                states: HashMap::default(),
+                touched: Some(HashSet::default()),
+            })
+        };
         VersionIndex {
-            states: HashMap::default(),
-            touched: Some(HashSet::default()),
+            shards: (0..SHARDS).map(|_| shard()).collect(),
         }
+    }
+
+    fn shard(&self, id: &KeyId) -> MutexGuard<'_, Shard> {
+        // The table hashes the other digest word, so the two choices are independent.
+        let shard = &self.shards[(id.hash as usize) & (SHARDS - 1)];
+        shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The state of `id`, as far as the index knows.
     pub fn lookup(&self, id: &KeyId) -> Lookup {
-        if let Some(state) = self.states.get(id) {
+        let shard = self.shard(id);
+        if let Some(state) = shard.states.get(id) {
             return Lookup::Known(Some(*state));
         }
-        match &self.touched {
+        match &shard.touched {
             Some(touched) if !touched.contains(id) => Lookup::Unknown,
             _ => Lookup::Known(None),
         }
     }
 
-    /// Records what the writer decided (or read from storage) for `id`.
-    pub fn set(&mut self, id: KeyId, state: Option<RecordState>) {
-        if let Some(touched) = &mut self.touched {
+    /// Records the committed state of `id` (decided by the writer or read from storage).
+    pub fn set(&self, id: KeyId, state: Option<RecordState>) {
+        let mut shard = self.shard(&id);
+        if let Some(touched) = &mut shard.touched {
             touched.insert(id);
         }
         match state {
-            Some(state) => self.states.insert(id, state),
-            None => self.states.remove(&id),
+            Some(state) => shard.states.insert(id, state),
+            None => shard.states.remove(&id),
         };
     }
 
     /// Adds states read from the snapshot taken at open, except for keys decided since.
-    pub fn load(&mut self, chunk: impl IntoIterator<Item = (KeyId, RecordState)>) {
-        let Some(touched) = &self.touched else {
-            return;
-        };
+    pub fn load(&self, chunk: impl IntoIterator<Item = (KeyId, RecordState)>) {
         for (id, state) in chunk {
-            if !touched.contains(&id) {
-                self.states.insert(id, state);
+            let mut shard = self.shard(&id);
+            let Shard { states, touched } = &mut *shard;
+            if touched.as_ref().is_some_and(|touched| !touched.contains(&id)) {
+                states.insert(id, state);
             }
         }
     }
 
     /// The snapshot scan is complete: a key the index does not hold has no record.
-    pub fn loaded(&mut self) {
-        self.touched = None;
+    pub fn loaded(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).touched = None;
+        }
     }
 
     /// Keys with a record (or tombstone).
     pub fn len(&self) -> usize {
-        self.states.len()
+        let len = |shard: &Mutex<Shard>| shard.lock().unwrap_or_else(|p| p.into_inner()).states.len();
+        self.shards.iter().map(len).sum()
     }
 }
 
@@ -159,7 +189,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_read_from_storage_until_loading_ends() {
-        let mut index = VersionIndex::loading();
+        let index = VersionIndex::loading();
         let a = KeyId::of(b"a");
         assert_eq!(index.lookup(&a), Lookup::Unknown);
         index.loaded();
@@ -168,7 +198,7 @@ mod tests {
 
     #[test]
     fn the_snapshot_never_overrides_what_the_writer_decided() {
-        let mut index = VersionIndex::loading();
+        let index = VersionIndex::loading();
         let (written, purged, untouched) = (KeyId::of(b"w"), KeyId::of(b"p"), KeyId::of(b"u"));
         index.set(written, Some((v(20), false)));
         index.set(purged, None);

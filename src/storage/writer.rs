@@ -5,10 +5,10 @@
 //! earlier operations of the same batch), writes the outcome as one fjall batch and, in
 //! `sync` mode, makes that batch durable with one fdatasync before anyone is answered
 //! (one fsync per write measured ~6.5k writes/s here; batches of 64 ~114k/s). Stored
-//! versions come from the in-memory [`VersionIndex`], which also reflects the earlier
-//! operations of the batch. After the commit the Merkle deltas of the batch are folded
-//! into the [`Forest`]. A failed commit poisons fjall: the store then refuses everything
-//! and the node must stop (so an index that ran ahead of a failed batch does not matter).
+//! versions come from the in-memory [`VersionIndex`], with the earlier operations of the
+//! batch on top. After the commit the batch's outcomes are published to the index and
+//! its Merkle deltas folded into the [`Forest`]. A failed commit poisons fjall: the store
+//! then refuses everything and the node must stop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
 use super::relay::{Deliver, Relay};
-use super::version_index::{KeyId, Lookup, RecordState, VersionIndex};
+use super::version_index::{DigestBuild, KeyId, Lookup, RecordState, VersionIndex};
 use super::{next_batch, Applied, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 
@@ -91,8 +91,8 @@ pub struct Writer {
     pub hint_counts: Arc<Mutex<HashMap<String, u64>>>,
     /// Most hints held per owner.
     pub max_hints_per_node: u64,
-    /// Version and tombstone flag of every record.
-    pub index: VersionIndex,
+    /// Committed version and tombstone flag of every record.
+    pub index: Arc<VersionIndex>,
     /// Carries each batch's answers back to the runtime.
     pub relay: Relay<Answer>,
 }
@@ -102,6 +102,8 @@ struct Batch {
     batch: OwnedWriteBatch,
     /// Hint versions written earlier in this batch: hint key → version, `None` when removed.
     hints: HashMap<Vec<u8>, Option<Version>>,
+    /// Record states decided in this batch, published to the index after the commit.
+    states: HashMap<KeyId, Option<RecordState>, DigestBuild>,
     /// Merkle changes to fold in after the commit.
     deltas: Vec<(u64, Hash)>,
     /// Hint count changes to apply after the commit.
@@ -139,6 +141,7 @@ impl Writer {
         let mut batch = Batch {
             batch: self.db.batch().durability(Some(self.persist)),
             hints: HashMap::new(),
+            states: HashMap::default(),
             deltas: Vec::new(),
             hint_count_changes: Vec::new(),
         };
@@ -148,12 +151,16 @@ impl Writer {
             .collect();
         let Batch {
             batch: fjall_batch,
+            states,
             deltas,
             hint_count_changes,
             ..
         } = batch;
         match fjall_batch.commit() {
             Ok(()) => {
+                for (id, state) in states {
+                    self.index.set(id, state);
+                }
                 self.forest.toggle_all(deltas);
                 self.apply_hint_counts(hint_count_changes);
                 self.relay.send(answers);
@@ -207,7 +214,7 @@ impl Writer {
 
     fn apply(&mut self, id: KeyId, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
-        let old = self.record_state(id, &stored_key)?;
+        let old = self.record_state(id, &stored_key, batch)?;
         if let Some((current, _)) = old.filter(|(v, _)| *v >= record.version) {
             return Ok(Applied {
                 applied: false,
@@ -233,7 +240,7 @@ impl Writer {
             delta ^= entry_hash(key, old_version, old_tombstone);
         }
         batch.deltas.push((id.hash, delta));
-        self.index.set(id, Some((record.version, tombstone)));
+        batch.states.insert(id, Some((record.version, tombstone)));
         Ok(Applied {
             applied: true,
             current: record.version,
@@ -242,13 +249,13 @@ impl Writer {
 
     fn purge(&mut self, id: KeyId, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
-        if self.record_state(id, &stored_key)? != Some((version, true)) {
+        if self.record_state(id, &stored_key, batch)? != Some((version, true)) {
             return Ok(false);
         }
         batch.batch.remove(&self.records, stored_key.as_slice());
         batch.batch.remove(&self.tombstones, stored_key.as_slice());
         batch.deltas.push((id.hash, entry_hash(key, version, true)));
-        self.index.set(id, None);
+        batch.states.insert(id, None);
         Ok(true)
     }
 
@@ -295,7 +302,10 @@ impl Writer {
 
     /// The stored state of a record, including earlier operations of this batch: from
     /// the index, or (while it is still loading) from the record itself.
-    fn record_state(&mut self, id: KeyId, stored_key: &[u8]) -> Result<Option<RecordState>, StorageError> {
+    fn record_state(&self, id: KeyId, stored_key: &[u8], batch: &Batch) -> Result<Option<RecordState>, StorageError> {
+        if let Some(state) = batch.states.get(&id) {
+            return Ok(*state);
+        }
         if let Lookup::Known(state) = self.index.lookup(&id) {
             return Ok(state);
         }

@@ -212,10 +212,27 @@ impl Inner {
         hints: HintPolicy,
         finish: bool,
     ) -> Answers {
+        let encoded = EncodedRequest::new(&request).map_err(|e| e.to_string());
+        let sends = targets.iter().map(|&node| (node, encoded.clone())).collect();
+        self.fan_out_each(sends, fallbacks, request, timeout, hints, finish)
+    }
+
+    /// Starts sending each target its own encoded request (a read asks one replica for
+    /// the record and the others for its version); `request` is what a failed target's
+    /// hint carries.
+    pub(super) fn fan_out_each(
+        self: &Arc<Self>,
+        sends: Vec<(usize, Result<EncodedRequest<Request>, String>)>,
+        fallbacks: &[usize],
+        request: Request,
+        timeout: Duration,
+        hints: HintPolicy,
+        finish: bool,
+    ) -> Answers {
         let pending = FuturesUnordered::new();
-        let encoded = EncodedRequest::new(&request);
-        for &node in targets {
-            let (inner, encoded) = (self.clone(), encoded.clone());
+        let targets: Vec<usize> = sends.iter().map(|(node, _)| *node).collect();
+        for (node, encoded) in sends {
+            let inner = self.clone();
             pending.push(Box::pin(async move {
                 // A replica that just failed is skipped for a while instead of waiting out
                 // another timeout (its write goes to a fallback when hints are on).
@@ -225,7 +242,7 @@ impl Inner {
                 }
                 let result = match encoded {
                     Ok(encoded) => inner.send_with_timeout(node, encoded, timeout).await,
-                    Err(e) => Err(FailureReason::Unreachable(e.to_string())),
+                    Err(e) => Err(FailureReason::Unreachable(e)),
                 };
                 // Only a real attempt says anything new about the replica's health.
                 inner.health.observe(node, &result);
@@ -233,7 +250,7 @@ impl Inner {
             }) as BoxFuture<'static, Answer>);
         }
         let (targets, fallbacks) = match hints.enabled {
-            true => (targets.to_vec(), fallbacks.to_vec()),
+            true => (targets, fallbacks.to_vec()),
             false => (Vec::new(), Vec::new()),
         };
         Answers {

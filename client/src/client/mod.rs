@@ -5,11 +5,13 @@
 //! preference list, in parallel ([`fanout`]). Writes return once `w` replicas
 //! acknowledged durably; the remaining sends finish in the background (bounded by the
 //! request timeout), and a replica that cannot be reached gets its write through a
-//! fallback node as a hint. Reads return the newest of the first `r` answers and repair
+//! fallback node as a hint. Reads return the newest of the first `r` answers, taking the
+//! record from one replica and only the versions from the others ([`read`]), and repair
 //! stale replicas ([`repair`]).
 
 mod bootstrap;
 mod fanout;
+mod read;
 mod repair;
 
 use std::net::SocketAddr;
@@ -171,39 +173,17 @@ impl Client {
         let key = key.into();
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
-        let request = Request::Get {
-            epoch: self.inner.ring.epoch(),
-            key: key.clone(),
-        };
-        let targets = self.inner.targets(&key, plan.n);
-        let no_hints = HintPolicy {
-            enabled: false,
-            sloppy: false,
-        };
-        let answers = self
-            .inner
-            .fan_out(&targets, &[], request, plan.timeout, no_hints, false);
-        let (answers, stragglers) = self
-            .inner
-            .collect(answers, &targets, plan, no_hints, read_answer)
-            .await?;
-        let newest = answers
-            .iter()
-            .filter_map(|(_, r)| r.as_ref())
-            .max_by_key(|r| r.version)
-            .cloned();
+        let read = self.inner.quorum_read(&key, plan).await?;
+        let newest = read.newest.clone();
         if let Some(record) = &newest {
             self.observe(record.version);
-            match options.repair {
-                RepairMode::Blocking => {
-                    self.inner.repair(&key, record, &answers, plan.timeout).await;
-                    self.inner.repair_in_background(key, answers, stragglers, plan.timeout);
-                }
-                RepairMode::Background => self.inner.repair_in_background(key, answers, stragglers, plan.timeout),
-                RepairMode::Off => {}
+            if options.repair == RepairMode::Blocking {
+                self.inner.repair(&key, record, &read.held, plan.timeout).await;
             }
-        } else if options.repair != RepairMode::Off {
-            self.inner.repair_in_background(key, answers, stragglers, plan.timeout);
+        }
+        if options.repair != RepairMode::Off {
+            self.inner
+                .repair_in_background(key, read.newest, read.held, read.stragglers, plan.timeout);
         }
         Ok(newest.and_then(|r| {
             r.value.map(|value| Versioned {

@@ -3,7 +3,7 @@
 //!
 //! In the background by default: after the read returned, the stragglers' answers are
 //! still collected (up to the request's timeout) and every stale replica gets the newest
-//! record. Blocking mode repairs the stale replicas among the answers before the read
+//! record (fetched first when a straggler holds a newer version than the read saw). Blocking mode repairs the stale replicas among the answers before the read
 //! returns. At most [`MAX_CONCURRENT_REPAIRS`] repairs run at once per client; a
 //! background repair that finds no free slot is skipped (anti-entropy will do it), so a
 //! hot key cannot start a storm.
@@ -13,23 +13,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fanout::{Answers, Source};
+use super::read::HeldBy;
 use super::Inner;
 use crate::wire::{Record, Request, Response};
 use bytes::Bytes;
+use tokio::time::Instant;
 
 /// Repairs in flight per client.
 pub const MAX_CONCURRENT_REPAIRS: usize = 64;
 
-/// What one replica answered to a read.
-pub type ReadAnswer = (usize, Option<Record>);
-
 impl Inner {
     /// Repairs every replica in `answers` that holds something older than `newest`;
     /// waits for the repairs. Returns how many replicas were repaired.
-    pub(super) async fn repair(&self, key: &Bytes, newest: &Record, answers: &[ReadAnswer], timeout: Duration) -> u64 {
+    pub(super) async fn repair(&self, key: &Bytes, newest: &Record, answers: &[HeldBy], timeout: Duration) -> u64 {
         let stale = answers
             .iter()
-            .filter(|(_, held)| held.as_ref().is_none_or(|r| r.version < newest.version));
+            .filter(|(_, held)| held.is_none_or(|h| h.version < newest.version));
         let repairs = stale.map(|(node, _)| {
             let request = Request::Put {
                 epoch: self.ring.epoch(),
@@ -44,11 +43,14 @@ impl Inner {
         repaired
     }
 
-    /// Keeps collecting the stragglers' answers, then repairs every stale replica.
+    /// Keeps collecting the stragglers' answers, then repairs every stale replica with
+    /// the newest record: `newest` (what the read returned), or one fetched from a
+    /// straggler that holds a newer version.
     pub(super) fn repair_in_background(
         self: &Arc<Self>,
         key: Bytes,
-        mut answers: Vec<ReadAnswer>,
+        newest: Option<Record>,
+        mut answers: Vec<HeldBy>,
         mut stragglers: Answers,
         timeout: Duration,
     ) {
@@ -59,22 +61,43 @@ impl Inner {
         let inner = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(timeout, async {
+            let deadline = Instant::now() + timeout;
+            let _ = tokio::time::timeout_at(deadline, async {
                 while let Some((source, answer)) = stragglers.next().await {
-                    if let (Source::Replica(node), Ok(Response::Record(held))) = (source, answer) {
+                    let held = match answer {
+                        Ok(Response::Record(record)) => record.as_ref().map(Into::into),
+                        Ok(Response::Version(held)) => held,
+                        _ => continue,
+                    };
+                    if let Source::Replica(node) = source {
                         answers.push((node, held));
                     }
                 }
             })
             .await;
-            let newest = answers
-                .iter()
-                .filter_map(|(_, r)| r.as_ref())
-                .max_by_key(|r| r.version)
-                .cloned();
-            if let Some(newest) = newest {
-                inner.repair(&key, &newest, &answers, timeout).await;
-            }
+            let Some(seen) = answers.iter().filter_map(|(_, held)| *held).max_by_key(|h| h.version) else {
+                return;
+            };
+            let newest = match newest {
+                Some(record) if record.version >= seen.version => record,
+                // A straggler holds a newer version than the read saw: fetch it first.
+                _ if seen.tombstone => Record {
+                    version: seen.version,
+                    value: None,
+                },
+                _ => {
+                    let holders: Vec<usize> = answers
+                        .iter()
+                        .filter(|(_, held)| *held == Some(seen))
+                        .map(|(node, _)| *node)
+                        .collect();
+                    match inner.fetch(&key, seen, &holders, deadline).await {
+                        Ok((_, record)) => record,
+                        Err(_) => return, // anti-entropy will converge it
+                    }
+                }
+            };
+            inner.repair(&key, &newest, &answers, timeout).await;
         });
     }
 }
