@@ -58,15 +58,13 @@ impl Replica {
     }
 
     async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
-        self.check_epoch(epoch)?;
-        self.check_len("key", key.len(), self.info.max_key_bytes)?;
+        self.check_read(epoch, &key)?;
         let record = self.ctx.storage.get(key).await.map_err(storage_error)?;
         Ok(Response::Record(record))
     }
 
     async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
-        self.check_epoch(epoch)?;
-        self.check_len("key", key.len(), self.info.max_key_bytes)?;
+        self.check_read(epoch, &key)?;
         let held = self.ctx.storage.version(key).await.map_err(storage_error)?;
         Ok(Response::Version(held))
     }
@@ -107,9 +105,13 @@ impl Replica {
         }
     }
 
-    fn check_write(&self, epoch: u64, key: &Bytes, record: &Record) -> Result<(), ErrorReply> {
+    fn check_read(&self, epoch: u64, key: &Bytes) -> Result<(), ErrorReply> {
         self.check_epoch(epoch)?;
-        self.check_len("key", key.len(), self.info.max_key_bytes)?;
+        self.check_len("key", key.len(), self.info.max_key_bytes)
+    }
+
+    fn check_write(&self, epoch: u64, key: &Bytes, record: &Record) -> Result<(), ErrorReply> {
+        self.check_read(epoch, key)?;
         let value_len = record.value.as_ref().map_or(0, Bytes::len);
         self.check_len("value", value_len, self.info.max_value_bytes)?;
         self.check_clock(record)
@@ -158,6 +160,22 @@ impl Handler for Replica {
 
     async fn handle(self: Arc<Self>, request: Request) -> Response {
         self.answer(request).await
+    }
+
+    fn answer_now(&self, request: Request) -> Result<Response, Request> {
+        match request {
+            Request::GetVersion { epoch, key } => {
+                if let Err(refusal) = self.check_read(epoch, &key) {
+                    return Ok(Response::Error(refusal));
+                }
+                match self.ctx.storage.version_now(&key) {
+                    Some(held) => Ok(held.map_or_else(|e| Response::Error(storage_error(e)), Response::Version)),
+                    None => Err(Request::GetVersion { epoch, key }),
+                }
+            }
+            Request::Members => Ok(Response::Members(self.info.clone())),
+            other => Err(other),
+        }
     }
 
     fn malformed(&self, why: String) -> Response {

@@ -3,8 +3,9 @@
 //!
 //! A connection speaks the client protocol or the peer protocol, chosen by its ALPN.
 //! Every stream is read frame by frame; each request runs as its own tracked task (so a
-//! slow write does not hold up a read behind it) and its response goes through the
-//! stream's coalescing writer. A malformed or oversized frame gets an error frame with
+//! slow write does not hold up a read behind it), except those the handler can answer
+//! on the spot (a version from memory), and its response goes through the stream's
+//! coalescing writer. A malformed or oversized frame gets an error frame with
 //! id 0 and ends that stream only: the connection and everyone else carry on. Requests in
 //! flight are bounded by a semaphore.
 
@@ -41,6 +42,11 @@ pub trait Handler: Send + Sync + 'static {
     type Response: Serialize + FrameSizeHint + Send + 'static;
     /// Answers one request.
     fn handle(self: Arc<Self>, request: Self::Request) -> impl Future<Output = Self::Response> + Send;
+    /// Answers a request that needs no waiting at once, without a task of its own;
+    /// gives any other request back.
+    fn answer_now(&self, request: Self::Request) -> Result<Self::Response, Self::Request> {
+        Err(request)
+    }
     /// The response to a frame that could not be read.
     fn malformed(&self, why: String) -> Self::Response;
 }
@@ -165,20 +171,26 @@ async fn serve_stream<H: Handler>(send: SendStream, mut reader: FrameReader, han
     }
 }
 
-/// Runs one request as a tracked task once a permit is free.
+/// Answers one request on the spot if the handler can, else runs it as a tracked task
+/// once a permit is free.
 async fn dispatch<H: Handler>(
     frame: Frame<H::Request>,
     handler: Arc<H>,
     ctx: &ServerContext,
     responses: &mpsc::Sender<Bytes>,
 ) {
+    let Frame { id, body } = frame;
+    let request = match handler.answer_now(body) {
+        Ok(response) => return send_response(responses, id, response).await,
+        Err(request) => request,
+    };
     let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
         return;
     };
     let responses = responses.clone();
     ctx.tracker.spawn(async move {
-        let response = handler.handle(frame.body).await;
-        send_response(&responses, frame.id, response).await;
+        let response = handler.handle(request).await;
+        send_response(&responses, id, response).await;
         drop(permit);
     });
 }

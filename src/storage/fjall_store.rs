@@ -198,15 +198,15 @@ impl Storage for FjallStorage {
         })
     }
 
-    fn version(&self, key: Bytes) -> BoxFuture<'_, Result<Option<HeldVersion>, StorageError>> {
-        Box::pin(async move {
-            self.check()?;
-            if let Lookup::Known(state) = self.index.lookup(&KeyId::of(&key)) {
-                return Ok(state.map(|(version, tombstone)| HeldVersion { version, tombstone }));
-            }
+    fn version_now(&self, key: &[u8]) -> Option<Result<Option<HeldVersion>, StorageError>> {
+        if let Err(e) = self.check() {
+            return Some(Err(e));
+        }
+        match self.index.lookup(&KeyId::of(key)) {
+            Lookup::Known(state) => Some(Ok(state.map(|(version, tombstone)| HeldVersion { version, tombstone }))),
             // The index is still loading and has not seen the key.
-            Ok(self.get(key).await?.as_ref().map(HeldVersion::from))
-        })
+            Lookup::Unknown => None,
+        }
     }
 
     fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>> {

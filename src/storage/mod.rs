@@ -105,9 +105,19 @@ fn next_batch<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Opti
 pub trait Storage: Send + Sync + 'static {
     /// The stored record of `key`, if any.
     fn get(&self, key: Bytes) -> BoxFuture<'_, Result<Option<Record>, StorageError>>;
+    /// The version of the stored record of `key`, if any, when it is known without
+    /// reading the store (`None`: it is not; ask [`version`](Self::version)).
+    fn version_now(&self, key: &[u8]) -> Option<Result<Option<HeldVersion>, StorageError>>;
     /// The version of the stored record of `key`, if any: what [`get`](Self::get) would
     /// return, without the value.
-    fn version(&self, key: Bytes) -> BoxFuture<'_, Result<Option<HeldVersion>, StorageError>>;
+    fn version(&self, key: Bytes) -> BoxFuture<'_, Result<Option<HeldVersion>, StorageError>> {
+        Box::pin(async move {
+            match self.version_now(&key) {
+                Some(known) => known,
+                None => Ok(self.get(key).await?.as_ref().map(HeldVersion::from)),
+            }
+        })
+    }
     /// Stores `record` if it is newer than the stored one; atomic per key.
     fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>>;
     /// Every key whose hash lies in `[start, end]`, with its version, in hash order.
