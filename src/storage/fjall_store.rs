@@ -253,7 +253,7 @@ impl Storage for FjallStorage {
             for guard in hints.prefix(&prefix).take(limit) {
                 let (stored_key, value) = guard.into_inner().map_err(fatal)?;
                 let (_, key) = split_record_key(&stored_key[prefix.len()..])?;
-                out.push((Bytes::copy_from_slice(key), decode_record(&value)?));
+                out.push((Bytes::copy_from_slice(key), decode_record(value)?));
             }
             Ok(out)
         }))
@@ -339,7 +339,7 @@ fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sen
     spawn_thread("storage-reader", move || {
         let read = |(stored_key, op): (Vec<u8>, ReadOp)| {
             let stored = records.get(stored_key).map_err(fatal);
-            let found = stored.and_then(|found| found.map(|bytes| decode_record(&bytes)).transpose());
+            let found = stored.and_then(|found| found.map(decode_record).transpose());
             ReadAnswer(op, found)
         };
         while let Some(batch) = next_batch(&mut rx, MAX_READ_BATCH) {
