@@ -130,6 +130,8 @@ pub struct HintPolicy {
 pub struct Answers {
     inner: Arc<Inner>,
     pending: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// Replicas whose answer (or failure) [`Answers::next`] has handed out.
+    answered: Vec<usize>,
     /// The request, kept to hand it to a fallback as a hint.
     request: Request,
     /// The targets and the nodes that may hold their hints (kept only with hints on).
@@ -148,12 +150,18 @@ impl Answers {
     pub async fn next(&mut self) -> Option<Answer> {
         let (source, result) = self.pending.next().await?;
         if let Source::Replica(node) = source {
+            self.answered.push(node);
             let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
             if self.hints.enabled && failed {
                 self.send_hint(node);
             }
         }
         Some((source, result))
+    }
+
+    /// Whether `node` has answered (or failed) already.
+    pub fn has_answered(&self, node: usize) -> bool {
+        self.answered.contains(&node)
     }
 
     fn send_hint(&mut self, owner: usize) {
@@ -185,6 +193,7 @@ impl Drop for Answers {
         let rest = Answers {
             inner: self.inner.clone(),
             pending: std::mem::take(&mut self.pending),
+            answered: std::mem::take(&mut self.answered),
             request: self.request.clone(),
             targets: std::mem::take(&mut self.targets),
             fallbacks: std::mem::take(&mut self.fallbacks),
@@ -256,6 +265,7 @@ impl Inner {
         Answers {
             inner: self.clone(),
             pending,
+            answered: Vec::new(),
             request,
             targets,
             fallbacks,

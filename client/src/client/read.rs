@@ -132,8 +132,8 @@ impl Inner {
             return Ok(outcome(Some(record), answers, stragglers));
         }
         // The record is not among the answers yet: the data replica has not answered, or
-        // holds an older version.
-        if !answers.iter().any(|(node, _)| *node == data_node) {
+        // failed, or holds an older version.
+        if !stragglers.has_answered(data_node) {
             let grace = deadline.min(Instant::now() + DATA_GRACE);
             wait_for(&mut stragglers, data_node, grace, &mut answers).await;
             if let Some(record) = record_at_least(&answers, newest) {
