@@ -551,13 +551,19 @@ mod tests {
             .unwrap();
         assert_versions_match_records(&store, &keys).await;
         tokio::time::timeout(Duration::from_secs(10), async {
-            while store.index.len() < 2 {
+            while !store.index.is_loaded() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await
         .expect("the index loads");
         assert_versions_match_records(&store, &keys).await;
+        for key in keys {
+            assert!(
+                store.version_now(key).is_some(),
+                "a loaded index knows every key, even absent ones"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,13 @@ impl VersionIndex {
         }
     }
 
+    /// Whether the snapshot scan's states are all in.
+    #[cfg(test)]
+    pub fn is_loaded(&self) -> bool {
+        let loaded = |shard: &Mutex<Shard>| shard.lock().unwrap_or_else(|p| p.into_inner()).touched.is_none();
+        self.shards.iter().all(loaded)
+    }
+
     /// Keys with a record (or tombstone).
     pub fn len(&self) -> usize {
         let len = |shard: &Mutex<Shard>| shard.lock().unwrap_or_else(|p| p.into_inner()).states.len();

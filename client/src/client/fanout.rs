@@ -28,10 +28,14 @@ use crate::wire::{Request, Response};
 /// How long a replica that failed is skipped by writes (they go to a fallback instead).
 pub const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Replicas this client saw fail recently.
+/// Replicas this client saw fail recently, and replicas that were late with a read's
+/// record.
 #[derive(Default)]
 pub struct Health {
     down_until: Mutex<Vec<Option<Instant>>>,
+    /// Until when a replica is not asked for reads' records (it was late or refused);
+    /// it still gets writes and version-only reads.
+    slow_until: Mutex<Vec<Option<Instant>>>,
 }
 
 impl Health {
@@ -39,16 +43,27 @@ impl Health {
     pub fn new(members: usize) -> Health {
         Health {
             down_until: Mutex::new(vec![None; members]),
+            slow_until: Mutex::new(vec![None; members]),
         }
     }
 
     /// Whether `node` failed within the last [`DOWN_BACKOFF`].
     pub fn is_down(&self, node: usize) -> bool {
-        let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        down.get(node)
-            .copied()
-            .flatten()
-            .is_some_and(|until| Instant::now() < until)
+        in_backoff(&self.down_until, node)
+    }
+
+    /// Whether `node` was late with (or refused) a read's record within the last
+    /// [`DOWN_BACKOFF`].
+    pub fn is_slow(&self, node: usize) -> bool {
+        in_backoff(&self.slow_until, node)
+    }
+
+    /// Remembers that `node` was late with (or refused) a read's record.
+    pub fn mark_slow(&self, node: usize) {
+        let mut slow = self.slow_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slow.get_mut(node) {
+            *slot = Some(Instant::now() + DOWN_BACKOFF);
+        }
     }
 
     pub(super) fn observe(&self, node: usize, result: &Result<Response, FailureReason>) {
@@ -58,6 +73,16 @@ impl Health {
             *slot = failed.then(|| Instant::now() + DOWN_BACKOFF);
         }
     }
+}
+
+/// Whether `node`'s entry in `until` is still ahead of now.
+fn in_backoff(until: &Mutex<Vec<Option<Instant>>>, node: usize) -> bool {
+    let until = until.lock().unwrap_or_else(|p| p.into_inner());
+    until
+        .get(node)
+        .copied()
+        .flatten()
+        .is_some_and(|until| Instant::now() < until)
 }
 
 /// Counts one send (and its hint) as in flight until dropped.

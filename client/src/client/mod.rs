@@ -173,12 +173,18 @@ impl Client {
         let key = key.into();
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
-        let read = self.inner.quorum_read(&key, plan).await?;
+        let mut read = self.inner.quorum_read(&key, plan).await?;
         let newest = read.newest.clone();
         if let Some(record) = &newest {
             self.observe(record.version);
             if options.repair == RepairMode::Blocking {
-                self.inner.repair(&key, record, &read.held, plan.timeout).await;
+                let repaired = self.inner.repair(&key, record, &read.held, plan.timeout).await;
+                // The background pass below then repairs only what this one could not.
+                for (node, held) in &mut read.held {
+                    if repaired.contains(node) {
+                        *held = Some(record.into());
+                    }
+                }
             }
         }
         if options.repair != RepairMode::Off {

@@ -14,8 +14,9 @@
 //! Latency follows the data replica: once `r` answers are in, a read still waits for
 //! the data replica's record (unless the answers say there is nothing to fetch), but at
 //! most [`DATA_GRACE`]; then it fetches the record from a replica that announced the
-//! newest version. A hung data replica therefore costs a read [`DATA_GRACE`] (until the
-//! client marks it down after one request timeout, and picks another), not the timeout.
+//! newest version, and the late replica is not asked for records for a while
+//! ([`super::fanout::Health::mark_slow`]). A hung data replica therefore costs a few
+//! reads [`DATA_GRACE`], not the timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,10 +85,10 @@ impl Inner {
     ) -> Result<ReadOutcome, ClientError> {
         let deadline = Instant::now() + plan.timeout;
         let targets = self.targets(key, plan.n);
-        let data_node = targets
-            .iter()
-            .copied()
-            .find(|&node| !self.health.is_down(node))
+        let up = || targets.iter().copied().filter(|&node| !self.health.is_down(node));
+        let data_node = up()
+            .find(|&node| !self.health.is_slow(node))
+            .or_else(|| up().next())
             .unwrap_or(targets[0]);
         let epoch = self.ring.epoch();
         let get = Request::Get {
@@ -140,33 +141,45 @@ impl Inner {
                 return Ok(outcome(Some(record), answers, stragglers));
             }
         }
+        if !answers.iter().any(|(node, _)| *node == data_node) {
+            // Late or refused: the next reads take their records from another replica.
+            self.health.mark_slow(data_node);
+        }
         let holders: Vec<usize> = answers
             .iter()
             .filter(|(_, held)| matches!(held, Held::Version(Some(h)) if h.version == newest.version))
             .map(|(node, _)| *node)
             .collect();
-        let (node, record) = self.fetch(key, newest, &holders, deadline).await?;
+        let others: Vec<usize> = targets.iter().copied().filter(|n| !holders.contains(n)).collect();
+        let (node, record) = self.fetch(key, newest, &holders, &others, deadline).await?;
         answers.retain(|(n, _)| *n != node);
         answers.push((node, Held::Record(Some(record.clone()))));
         Ok(outcome(Some(record), answers, stragglers))
     }
 
-    /// Reads the record of `key` from the first of `holders` that returns `wanted` (or a
-    /// newer version of it).
+    /// Reads the record of `key` at `wanted`'s version (or newer) from the first replica
+    /// that returns it: the `holders` that announced it, then the `others` (which may
+    /// hold it by now); replicas known to be down last. Each try gets an equal share of
+    /// the time left, so one hung replica cannot use it all up.
     pub(super) async fn fetch(
         &self,
         key: &Bytes,
         wanted: HeldVersion,
         holders: &[usize],
+        others: &[usize],
         deadline: Instant,
     ) -> Result<(usize, Record), ClientError> {
+        let mut candidates: Vec<usize> = holders.iter().chain(others).copied().collect();
+        // Stable: the holders stay ahead of the others within each group.
+        candidates.sort_by_key(|&node| self.health.is_down(node));
         let mut failures = Vec::new();
-        for &node in holders {
+        for (tried, &node) in candidates.iter().enumerate() {
             let request = Request::Get {
                 epoch: self.ring.epoch(),
                 key: key.clone(),
             };
-            let timeout = deadline.saturating_duration_since(Instant::now());
+            let left = (candidates.len() - tried) as u32;
+            let timeout = deadline.saturating_duration_since(Instant::now()) / left;
             let answer = self.call_with_timeout(node, request, timeout).await;
             self.health.observe(node, &answer);
             let reason = match answer.and_then(held_answer) {
@@ -183,7 +196,7 @@ impl Inner {
         Err(ClientError::Unavailable {
             needed: 1,
             acked: 0,
-            contacted: holders.len(),
+            contacted: candidates.len(),
             failures,
         })
     }

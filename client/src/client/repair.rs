@@ -24,22 +24,34 @@ pub const MAX_CONCURRENT_REPAIRS: usize = 64;
 
 impl Inner {
     /// Repairs every replica in `answers` that holds something older than `newest`;
-    /// waits for the repairs. Returns how many replicas were repaired.
-    pub(super) async fn repair(&self, key: &Bytes, newest: &Record, answers: &[HeldBy], timeout: Duration) -> u64 {
+    /// waits for the repairs. Returns the replicas repaired.
+    pub(super) async fn repair(
+        &self,
+        key: &Bytes,
+        newest: &Record,
+        answers: &[HeldBy],
+        timeout: Duration,
+    ) -> Vec<usize> {
         let stale = answers
             .iter()
             .filter(|(_, held)| held.is_none_or(|h| h.version < newest.version));
-        let repairs = stale.map(|(node, _)| {
+        let repairs = stale.map(|&(node, _)| {
             let request = Request::Put {
                 epoch: self.ring.epoch(),
                 key: key.clone(),
                 record: newest.clone(),
             };
-            async move { self.call_with_timeout(*node, request, timeout).await }
+            async move { (node, self.call_with_timeout(node, request, timeout).await) }
         });
         let results = futures_util::future::join_all(repairs).await;
-        let repaired = results.iter().filter(|r| matches!(r, Ok(Response::Put { .. }))).count() as u64;
-        self.stats.read_repairs.fetch_add(repaired, Ordering::Relaxed);
+        let repaired: Vec<usize> = results
+            .into_iter()
+            .filter(|(_, result)| matches!(result, Ok(Response::Put { .. })))
+            .map(|(node, _)| node)
+            .collect();
+        self.stats
+            .read_repairs
+            .fetch_add(repaired.len() as u64, Ordering::Relaxed);
         repaired
     }
 
@@ -91,7 +103,7 @@ impl Inner {
                         .filter(|(_, held)| *held == Some(seen))
                         .map(|(node, _)| *node)
                         .collect();
-                    match inner.fetch(&key, seen, &holders, deadline).await {
+                    match inner.fetch(&key, seen, &holders, &[], deadline).await {
                         Ok((_, record)) => record,
                         Err(_) => return, // anti-entropy will converge it
                     }
