@@ -41,13 +41,13 @@ pub type HeldBy = (usize, Option<HeldVersion>);
 
 /// A replica's answer to a read: the record itself, or only the version it holds.
 #[derive(Debug)]
-enum Held {
+pub(super) enum Held {
     Record(Option<Record>),
     Version(Option<HeldVersion>),
 }
 
 impl Held {
-    fn version(&self) -> Option<HeldVersion> {
+    pub(super) fn version(&self) -> Option<HeldVersion> {
         match self {
             Held::Record(record) => record.as_ref().map(HeldVersion::from),
             Held::Version(held) => *held,
@@ -56,7 +56,7 @@ impl Held {
 }
 
 /// A read's answer to `Get` or `GetVersion`.
-fn held_answer(response: Response) -> Result<Held, FailureReason> {
+pub(super) fn held_answer(response: Response) -> Result<Held, FailureReason> {
     match response {
         Response::Record(record) => Ok(Held::Record(record)),
         Response::Version(held) => Ok(Held::Version(held)),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fanout::{Answers, Source};
-use super::read::HeldBy;
+use super::read::{held_answer, HeldBy};
 use super::Inner;
 use crate::wire::{Record, Request, Response};
 use bytes::Bytes;
@@ -76,13 +76,8 @@ impl Inner {
             let deadline = Instant::now() + timeout;
             let _ = tokio::time::timeout_at(deadline, async {
                 while let Some((source, answer)) = stragglers.next().await {
-                    let held = match answer {
-                        Ok(Response::Record(record)) => record.as_ref().map(Into::into),
-                        Ok(Response::Version(held)) => held,
-                        _ => continue,
-                    };
-                    if let Source::Replica(node) = source {
-                        answers.push((node, held));
+                    if let (Source::Replica(node), Ok(held)) = (source, answer.and_then(held_answer)) {
+                        answers.push((node, held.version()));
                     }
                 }
             })
