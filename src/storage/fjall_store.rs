@@ -47,6 +47,11 @@ const READ_QUEUE: usize = 4096;
 const MAX_READ_BATCH: usize = 64;
 /// Records folded into the trees per lock during the rebuild scan.
 const REBUILD_CHUNK: usize = 4096;
+/// fjall's background threads (memtable flushes and compactions). One: with more, fjall
+/// 3.1's first worker hands every compaction request back to the queue for the others
+/// and takes it straight back out, a busy loop that burned a whole core per node for as
+/// long as another worker compacted (a fifth of this machine during `bench w`).
+const FJALL_WORKERS: usize = 1;
 
 /// How a store is opened.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +99,7 @@ impl FjallStorage {
             .map_err(|_| StorageError::Fatal("the store must be opened inside a tokio runtime".into()))?;
         let db = Database::builder(dir)
             .cache_size(options.cache_bytes)
+            .worker_threads(FJALL_WORKERS)
             .open()
             .map_err(fatal)?;
         let records = db
