@@ -14,8 +14,8 @@ use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, Record, Request,
 
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
-use crate::server::Handler;
-use crate::storage::{HintStored, StorageError};
+use crate::server::{Handler, Reply};
+use crate::storage::{Applied, HintStored, StorageError};
 
 /// Answers client requests from this node's storage.
 pub struct Replica {
@@ -71,11 +71,7 @@ impl Replica {
 
     async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
         self.check_write(epoch, &key, &record)?;
-        let applied = self.ctx.storage.apply(key, record).await.map_err(storage_error)?;
-        Ok(Response::Put {
-            applied: applied.applied,
-            current: applied.current,
-        })
+        Ok(put_response(self.ctx.storage.apply(key, record).await))
     }
 
     async fn put_hint(&self, epoch: u64, owner: String, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
@@ -162,24 +158,56 @@ impl Handler for Replica {
         self.answer(request).await
     }
 
-    fn answer_now(&self, request: Request) -> Result<Response, Request> {
+    fn start(&self, request: Request, reply: &Reply) -> Option<Request> {
         match request {
             Request::GetVersion { epoch, key } => {
                 if let Err(refusal) = self.check_read(epoch, &key) {
-                    return Ok(Response::Error(refusal));
+                    reply.clone().send(Response::Error(refusal));
+                    return None;
                 }
                 match self.ctx.storage.version_now(&key) {
-                    Some(held) => Ok(held.map_or_else(|e| Response::Error(storage_error(e)), Response::Version)),
-                    None => Err(Request::GetVersion { epoch, key }),
+                    Some(held) => {
+                        reply
+                            .clone()
+                            .send(held.map_or_else(|e| Response::Error(storage_error(e)), Response::Version));
+                        None
+                    }
+                    None => Some(Request::GetVersion { epoch, key }),
                 }
             }
-            Request::Members => Ok(Response::Members(self.info.clone())),
-            other => Err(other),
+            Request::Put { epoch, key, record } => {
+                if let Err(refusal) = self.check_write(epoch, &key, &record) {
+                    reply.clone().send(Response::Error(refusal));
+                    return None;
+                }
+                let reply = reply.clone();
+                let done = Box::new(move |outcome| reply.send(put_response(outcome)));
+                match self.ctx.storage.apply_then(key, record, done) {
+                    Ok(()) => None,
+                    Err((key, record)) => Some(Request::Put { epoch, key, record }),
+                }
+            }
+            Request::Members => {
+                reply.clone().send(Response::Members(self.info.clone()));
+                None
+            }
+            other => Some(other),
         }
     }
 
     fn malformed(&self, why: String) -> Response {
         Response::Error(reply(ErrorKind::Malformed, why))
+    }
+}
+
+/// The answer to a `Put` whose compare-and-write ended with `outcome`.
+fn put_response(outcome: Result<Applied, StorageError>) -> Response {
+    match outcome {
+        Ok(applied) => Response::Put {
+            applied: applied.applied,
+            current: applied.current,
+        },
+        Err(e) => Response::Error(storage_error(e)),
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! A connection speaks the client protocol or the peer protocol, chosen by its ALPN.
 //! Every stream is read frame by frame; each request runs as its own tracked task (so a
-//! slow write does not hold up a read behind it), except those the handler can answer
-//! on the spot (a version from memory), and its response goes through the stream's
-//! coalescing writer. A malformed or oversized frame gets an error frame with
+//! slow write does not hold up a read behind it), except those the handler can start
+//! without one: answered on the spot (a version from memory) or handed with their
+//! [`Reply`] to whoever finishes them (a write to the storage writer, which answers it
+//! after its group commit). Every response goes through the stream's coalescing writer. A malformed or oversized frame gets an error frame with
 //! id 0 and ends that stream only: the connection and everyone else carry on. Requests in
 //! flight are bounded by a semaphore.
 
@@ -42,13 +43,44 @@ pub trait Handler: Send + Sync + 'static {
     type Response: Serialize + FrameSizeHint + Send + 'static;
     /// Answers one request.
     fn handle(self: Arc<Self>, request: Self::Request) -> impl Future<Output = Self::Response> + Send;
-    /// Answers a request that needs no waiting at once, without a task of its own;
-    /// gives any other request back.
-    fn answer_now(&self, request: Self::Request) -> Result<Self::Response, Self::Request> {
-        Err(request)
+    /// Starts a request without a task of its own, if it needs none: answers it through
+    /// `reply` at once, or hands `reply` to whoever will. Gives any other request back
+    /// (it then runs as a task, through [`handle`](Self::handle)).
+    fn start(&self, request: Self::Request, reply: &Reply) -> Option<Self::Request> {
+        let _ = reply;
+        Some(request)
     }
     /// The response to a frame that could not be read.
     fn malformed(&self, why: String) -> Self::Response;
+}
+
+/// Where the response to one request goes: its id and its stream's response queue.
+#[derive(Clone)]
+pub struct Reply {
+    id: u64,
+    responses: mpsc::Sender<Bytes>,
+}
+
+impl Reply {
+    /// Queues `response` without waiting: when the stream's queue is full (its client is
+    /// not reading), a task waits for room instead of the caller.
+    pub fn send<T: Serialize + FrameSizeHint>(self, response: T) {
+        let Some(frame) = encode_response(self.id, response) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.responses.try_send(frame) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { self.responses.send(frame).await });
+            }
+        }
+    }
+
+    /// Queues `response`, waiting while the stream's queue is full.
+    async fn send_waiting<T: Serialize + FrameSizeHint>(self, response: T) {
+        if let Some(frame) = encode_response(self.id, response) {
+            let _ = self.responses.send(frame).await;
+        }
+    }
 }
 
 /// Everything a connection handler needs, shared by all of them.
@@ -171,8 +203,8 @@ async fn serve_stream<H: Handler>(send: SendStream, mut reader: FrameReader, han
     }
 }
 
-/// Answers one request on the spot if the handler can, else runs it as a tracked task
-/// once a permit is free.
+/// Starts one request without a task if the handler can, else runs it as a tracked
+/// task once a permit is free.
 async fn dispatch<H: Handler>(
     frame: Frame<H::Request>,
     handler: Arc<H>,
@@ -180,37 +212,40 @@ async fn dispatch<H: Handler>(
     responses: &mpsc::Sender<Bytes>,
 ) {
     let Frame { id, body } = frame;
-    let request = match handler.answer_now(body) {
-        Ok(response) => return send_response(responses, id, response).await,
-        Err(request) => request,
+    let reply = Reply {
+        id,
+        responses: responses.clone(),
+    };
+    let Some(request) = handler.start(body, &reply) else {
+        return;
     };
     let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
         return;
     };
-    let responses = responses.clone();
     ctx.tracker.spawn(async move {
         let response = handler.handle(request).await;
-        send_response(&responses, id, response).await;
+        reply.send_waiting(response).await;
         drop(permit);
     });
 }
 
-async fn send_response<T: Serialize + FrameSizeHint>(responses: &mpsc::Sender<Bytes>, id: u64, response: T) {
+fn encode_response<T: Serialize + FrameSizeHint>(id: u64, response: T) -> Option<Bytes> {
     let frame = Frame { id, body: response };
-    match frame_bytes_sized(&frame, frame.frame_size_hint()) {
-        Ok(bytes) => {
-            let _ = responses.send(bytes).await;
-        }
-        Err(e) => tracing::error!("cannot encode a response: {e}"),
-    }
+    frame_bytes_sized(&frame, frame.frame_size_hint())
+        .inspect_err(|e| tracing::error!("cannot encode a response: {e}"))
+        .ok()
 }
 
 async fn reject_stream<T: Serialize + FrameSizeHint>(
     reader: &mut FrameReader,
     responses: &mpsc::Sender<Bytes>,
-    reply: T,
+    refusal: T,
 ) {
     tracing::warn!("closing a stream after a bad frame");
-    send_response(responses, NO_REQUEST, reply).await;
+    let reply = Reply {
+        id: NO_REQUEST,
+        responses: responses.clone(),
+    };
+    reply.send_waiting(refusal).await;
     reader.stop(BAD_FRAME);
 }

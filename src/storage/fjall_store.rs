@@ -35,7 +35,7 @@ use super::codec::{
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
-use super::{next_batch, Applied, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
+use super::{next_batch, Applied, ApplyDone, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
 use crate::config::DurabilityMode;
 use crate::merkle::entry_hash;
 
@@ -216,7 +216,35 @@ impl Storage for FjallStorage {
     }
 
     fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>> {
-        Box::pin(self.write(|done| WriteOp::Apply { key, record, done }))
+        Box::pin(self.write(|done| WriteOp::Apply {
+            key,
+            record,
+            done: ApplyDone::Waiter(done),
+        }))
+    }
+
+    fn apply_then(
+        &self,
+        key: Bytes,
+        record: Record,
+        done: Box<dyn FnOnce(Result<Applied, StorageError>) + Send>,
+    ) -> Result<(), (Bytes, Record)> {
+        if let Err(e) = self.check() {
+            done(Err(e));
+            return Ok(());
+        }
+        match self.writes.try_reserve() {
+            Ok(slot) => {
+                let done = ApplyDone::Callback(done);
+                slot.send(WriteOp::Apply { key, record, done });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err((key, record)),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                done(Err(StorageError::Closed));
+                Ok(())
+            }
+        }
     }
 
     fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
@@ -585,6 +613,34 @@ mod tests {
         }
         let got = store.get(Bytes::from_static(b"k")).await.unwrap().unwrap();
         assert_eq!(got.version.micros, 200);
+    }
+
+    /// A write queued without a waiter reports its outcome through its callback, once,
+    /// after it is readable; a stale one is refused with the version it lost to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_with_a_callback_report_their_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let key = Bytes::from_static(b"k");
+        for (micros, applied, current) in [(100, true, 100), (50, false, 100), (101, true, 101)] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let done = Box::new(move |outcome| drop(tx.send(outcome)));
+            let queued = store.apply_then(key.clone(), record(micros, Some(b"v")), done);
+            assert!(queued.is_ok(), "an idle writer has room");
+            let outcome = rx.await.expect("the callback runs").unwrap();
+            assert_eq!(
+                outcome,
+                Applied {
+                    applied,
+                    current: Version {
+                        micros: current,
+                        writer: 1
+                    }
+                }
+            );
+            let stored = store.get(key.clone()).await.unwrap().unwrap();
+            assert_eq!(stored.version.micros, current);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

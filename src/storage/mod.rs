@@ -33,6 +33,24 @@ pub struct Applied {
     pub current: Version,
 }
 
+/// Where the outcome of a compare-and-write goes once its batch is committed.
+pub enum ApplyDone {
+    /// An [`apply`](Storage::apply) future waiting for it.
+    Waiter(tokio::sync::oneshot::Sender<Result<Applied, StorageError>>),
+    /// A callback, run on the node's runtime: no task waits for the write.
+    Callback(Box<dyn FnOnce(Result<Applied, StorageError>) + Send>),
+}
+
+impl ApplyDone {
+    /// Hands `outcome` to whoever waits for it.
+    pub fn complete(self, outcome: Result<Applied, StorageError>) {
+        match self {
+            ApplyDone::Waiter(tx) => drop(tx.send(outcome)),
+            ApplyDone::Callback(callback) => callback(outcome),
+        }
+    }
+}
+
 /// One key's state, as anti-entropy compares it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
@@ -120,6 +138,15 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Stores `record` if it is newer than the stored one; atomic per key.
     fn apply(&self, key: Bytes, record: Record) -> BoxFuture<'_, Result<Applied, StorageError>>;
+    /// Queues the same compare-and-write without anyone waiting: `done` runs on the
+    /// node's runtime with its outcome. Gives the write back untouched when the queue is
+    /// full (the caller then waits for room with [`apply`](Self::apply)).
+    fn apply_then(
+        &self,
+        key: Bytes,
+        record: Record,
+        done: Box<dyn FnOnce(Result<Applied, StorageError>) + Send>,
+    ) -> Result<(), (Bytes, Record)>;
     /// Every key whose hash lies in `[start, end]`, with its version, in hash order.
     fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>>;
     /// Holds `record` for `owner` until it can be delivered (newer hint per key wins).

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
 use super::relay::{Deliver, Relay};
 use super::version_index::{DigestBuild, KeyId, Lookup, RecordState, VersionIndex};
-use super::{next_batch, Applied, Forest, HintStored, StorageError};
+use super::{next_batch, Applied, ApplyDone, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 
 /// Most operations committed as one batch (bounds the latency of one commit).
@@ -36,7 +36,7 @@ pub enum WriteOp {
     Apply {
         key: Bytes,
         record: Record,
-        done: oneshot::Sender<Result<Applied, StorageError>>,
+        done: ApplyDone,
     },
     /// Hold a record for another node.
     StoreHint {
@@ -112,10 +112,7 @@ struct Batch {
 
 /// An operation's answer, sent once the batch is committed.
 pub enum Answer {
-    Apply(
-        oneshot::Sender<Result<Applied, StorageError>>,
-        Result<Applied, StorageError>,
-    ),
+    Apply(ApplyDone, Result<Applied, StorageError>),
     Hint(
         oneshot::Sender<Result<HintStored, StorageError>>,
         Result<HintStored, StorageError>,
@@ -344,7 +341,7 @@ impl Writer {
 impl Deliver for Answer {
     fn deliver(self) {
         match self {
-            Answer::Apply(tx, r) => drop(tx.send(r)),
+            Answer::Apply(done, r) => done.complete(r),
             Answer::Hint(tx, r) => drop(tx.send(r)),
             Answer::Unit(tx, r) => drop(tx.send(r)),
             Answer::Purge(tx, r) => drop(tx.send(r)),
@@ -356,7 +353,7 @@ impl Answer {
     /// The same answer, turned into `err`.
     fn fail(self, err: StorageError) -> Answer {
         match self {
-            Answer::Apply(tx, _) => Answer::Apply(tx, Err(err)),
+            Answer::Apply(done, _) => Answer::Apply(done, Err(err)),
             Answer::Hint(tx, _) => Answer::Hint(tx, Err(err)),
             Answer::Unit(tx, _) => Answer::Unit(tx, Err(err)),
             Answer::Purge(tx, _) => Answer::Purge(tx, Err(err)),
