@@ -1,10 +1,12 @@
 //! The replica: what one node does with one client request.
 //!
 //! One exhaustive `match` hands each request to a short function: reads return the
-//! node's own record (or only its version, from the in-memory index), writes go through storage's compare-and-write (a stale write is
-//! answered with the newer version it lost to), hints are held for their owner,
-//! `Members` describes the cluster and `Status` this node's view of it. Requests are
-//! checked against the cluster's limits and the ring epoch first.
+//! node's own record (or only its version, from the in-memory index), writes go through
+//! storage's compare-and-write (a stale write is answered with the newer version it lost
+//! to), hints are held for their owner, `Members` describes the cluster and `Status`
+//! this node's view of it. Requests are checked against the cluster's limits and the ring
+//! epoch first. The hot requests (reads, writes, versions) start without a task of their
+//! own ([`Handler::start`]): the storage thread that serves them sends the reply.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,8 +61,7 @@ impl Replica {
 
     async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
         self.check_read(epoch, &key)?;
-        let record = self.ctx.storage.get(key).await.map_err(storage_error)?;
-        Ok(Response::Record(record))
+        Ok(get_response(self.ctx.storage.get(key).await))
     }
 
     async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
@@ -158,46 +159,50 @@ impl Handler for Replica {
         self.answer(request).await
     }
 
+    /// Reads and writes go to the storage threads with their reply (answered from there,
+    /// no task waits); versions the index knows and `Members` are answered at once.
     fn start(&self, request: Request, reply: &Reply) -> Option<Request> {
+        let checked = match &request {
+            Request::Get { epoch, key } | Request::GetVersion { epoch, key } => self.check_read(*epoch, key),
+            Request::Put { epoch, key, record } => self.check_write(*epoch, key, record),
+            Request::Members => Ok(()),
+            _ => return Some(request),
+        };
+        let reply = reply.clone();
+        if let Err(refusal) = checked {
+            reply.send(Response::Error(refusal));
+            return None;
+        }
+        let storage = &self.ctx.storage;
         match request {
-            Request::GetVersion { epoch, key } => {
-                if let Err(refusal) = self.check_read(epoch, &key) {
-                    reply.clone().send(Response::Error(refusal));
-                    return None;
-                }
-                match self.ctx.storage.version_now(&key) {
-                    Some(held) => {
-                        reply
-                            .clone()
-                            .send(held.map_or_else(|e| Response::Error(storage_error(e)), Response::Version));
-                        None
-                    }
-                    None => Some(Request::GetVersion { epoch, key }),
-                }
+            Request::GetVersion { epoch, key } => match storage.version_now(&key) {
+                Some(held) => reply.send(held.map_or_else(|e| Response::Error(storage_error(e)), Response::Version)),
+                None => return Some(Request::GetVersion { epoch, key }),
+            },
+            Request::Get { epoch, key } => {
+                let done = Box::new(move |outcome| reply.send(get_response(outcome)));
+                let full = storage.get_then(key, done).err();
+                return full.map(|key| Request::Get { epoch, key });
             }
             Request::Put { epoch, key, record } => {
-                if let Err(refusal) = self.check_write(epoch, &key, &record) {
-                    reply.clone().send(Response::Error(refusal));
-                    return None;
-                }
-                let reply = reply.clone();
                 let done = Box::new(move |outcome| reply.send(put_response(outcome)));
-                match self.ctx.storage.apply_then(key, record, done) {
-                    Ok(()) => None,
-                    Err((key, record)) => Some(Request::Put { epoch, key, record }),
-                }
+                let full = storage.apply_then(key, record, done).err();
+                return full.map(|(key, record)| Request::Put { epoch, key, record });
             }
-            Request::Members => {
-                reply.clone().send(Response::Members(self.info.clone()));
-                None
-            }
-            other => Some(other),
+            Request::Members => reply.send(Response::Members(self.info.clone())),
+            other => return Some(other),
         }
+        None
     }
 
     fn malformed(&self, why: String) -> Response {
         Response::Error(reply(ErrorKind::Malformed, why))
     }
+}
+
+/// The answer to a `Get` whose read ended with `outcome`.
+fn get_response(outcome: Result<Option<Record>, StorageError>) -> Response {
+    outcome.map_or_else(|e| Response::Error(storage_error(e)), Response::Record)
 }
 
 /// The answer to a `Put` whose compare-and-write ended with `outcome`.

@@ -35,7 +35,7 @@ use super::codec::{
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
-use super::{next_batch, Applied, ApplyDone, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
+use super::{next_batch, Applied, Callback, Completion, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
 use crate::config::DurabilityMode;
 use crate::merkle::entry_hash;
 
@@ -174,6 +174,33 @@ impl FjallStorage {
         result.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Queues the operation `op` makes of `parts` with `done` as its completion, if
+    /// `queue` has room; gives `parts` back when it has none. A poisoned or closed store
+    /// answers `done` at once.
+    fn queue_then<Op, T, P>(
+        &self,
+        queue: &mpsc::Sender<Op>,
+        parts: P,
+        done: Callback<T>,
+        op: impl FnOnce(P, Completion<T>) -> Op,
+    ) -> Result<(), P> {
+        if let Err(e) = self.check() {
+            done(Err(e));
+            return Ok(());
+        }
+        match queue.try_reserve() {
+            Ok(slot) => {
+                slot.send(op(parts, Completion::Callback(done)));
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(parts),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                done(Err(StorageError::Closed));
+                Ok(())
+            }
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
@@ -196,12 +223,17 @@ impl Storage for FjallStorage {
         Box::pin(async move {
             self.check()?;
             let (done, result) = oneshot::channel();
+            let done = Completion::Waiter(done);
             self.reads
                 .send(ReadOp { key, done })
                 .await
                 .map_err(|_| StorageError::Closed)?;
             result.await.map_err(|_| StorageError::Closed)?
         })
+    }
+
+    fn get_then(&self, key: Bytes, done: Callback<Option<Record>>) -> Result<(), Bytes> {
+        self.queue_then(&self.reads, key, done, |key, done| ReadOp { key, done })
     }
 
     fn version_now(&self, key: &[u8]) -> Option<Result<Option<HeldVersion>, StorageError>> {
@@ -219,32 +251,14 @@ impl Storage for FjallStorage {
         Box::pin(self.write(|done| WriteOp::Apply {
             key,
             record,
-            done: ApplyDone::Waiter(done),
+            done: Completion::Waiter(done),
         }))
     }
 
-    fn apply_then(
-        &self,
-        key: Bytes,
-        record: Record,
-        done: Box<dyn FnOnce(Result<Applied, StorageError>) + Send>,
-    ) -> Result<(), (Bytes, Record)> {
-        if let Err(e) = self.check() {
-            done(Err(e));
-            return Ok(());
-        }
-        match self.writes.try_reserve() {
-            Ok(slot) => {
-                let done = ApplyDone::Callback(done);
-                slot.send(WriteOp::Apply { key, record, done });
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(())) => Err((key, record)),
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                done(Err(StorageError::Closed));
-                Ok(())
-            }
-        }
+    fn apply_then(&self, key: Bytes, record: Record, done: Callback<Applied>) -> Result<(), (Bytes, Record)> {
+        self.queue_then(&self.writes, (key, record), done, |(key, record), done| {
+            WriteOp::Apply { key, record, done }
+        })
     }
 
     fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
@@ -351,7 +365,7 @@ impl Storage for FjallStorage {
 /// One point read waiting for the reader thread.
 struct ReadOp {
     key: Bytes,
-    done: oneshot::Sender<Result<Option<Record>, StorageError>>,
+    done: Completion<Option<Record>>,
 }
 
 /// A point read's result on its way back.
@@ -359,7 +373,7 @@ struct ReadAnswer(ReadOp, Result<Option<Record>, StorageError>);
 
 impl Deliver for ReadAnswer {
     fn deliver(self) {
-        let _ = self.0.done.send(self.1);
+        self.0.done.complete(self.1);
     }
 }
 
@@ -615,10 +629,11 @@ mod tests {
         assert_eq!(got.version.micros, 200);
     }
 
-    /// A write queued without a waiter reports its outcome through its callback, once,
-    /// after it is readable; a stale one is refused with the version it lost to.
+    /// Writes and reads queued without a waiter report their outcome through their
+    /// callback; a write is readable once reported, a stale one is refused with the
+    /// version it lost to.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_queued_with_a_callback_report_their_outcome() {
+    async fn operations_queued_with_a_callback_report_their_outcome() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let key = Bytes::from_static(b"k");
@@ -638,7 +653,10 @@ mod tests {
                     }
                 }
             );
-            let stored = store.get(key.clone()).await.unwrap().unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let read = store.get_then(key.clone(), Box::new(move |outcome| drop(tx.send(outcome))));
+            assert!(read.is_ok(), "an idle reader has room");
+            let stored = rx.await.expect("the callback runs").unwrap().unwrap();
             assert_eq!(stored.version.micros, current);
         }
     }

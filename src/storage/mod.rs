@@ -33,20 +33,24 @@ pub struct Applied {
     pub current: Version,
 }
 
-/// Where the outcome of a compare-and-write goes once its batch is committed.
-pub enum ApplyDone {
-    /// An [`apply`](Storage::apply) future waiting for it.
-    Waiter(tokio::sync::oneshot::Sender<Result<Applied, StorageError>>),
-    /// A callback, run on the node's runtime: no task waits for the write.
-    Callback(Box<dyn FnOnce(Result<Applied, StorageError>) + Send>),
+/// Where the outcome of a queued storage operation goes once the storage thread is done
+/// with it (for a write: once its batch is committed).
+pub enum Completion<T> {
+    /// A future waiting for it.
+    Waiter(tokio::sync::oneshot::Sender<Result<T, StorageError>>),
+    /// A callback, run on the node's runtime: no task waits for the operation.
+    Callback(Callback<T>),
 }
 
-impl ApplyDone {
+/// What a queued operation without a waiter runs with its outcome.
+pub type Callback<T> = Box<dyn FnOnce(Result<T, StorageError>) + Send>;
+
+impl<T> Completion<T> {
     /// Hands `outcome` to whoever waits for it.
-    pub fn complete(self, outcome: Result<Applied, StorageError>) {
+    pub fn complete(self, outcome: Result<T, StorageError>) {
         match self {
-            ApplyDone::Waiter(tx) => drop(tx.send(outcome)),
-            ApplyDone::Callback(callback) => callback(outcome),
+            Completion::Waiter(tx) => drop(tx.send(outcome)),
+            Completion::Callback(callback) => callback(outcome),
         }
     }
 }
@@ -123,6 +127,10 @@ fn next_batch<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Opti
 pub trait Storage: Send + Sync + 'static {
     /// The stored record of `key`, if any.
     fn get(&self, key: Bytes) -> BoxFuture<'_, Result<Option<Record>, StorageError>>;
+    /// Queues the same read without anyone waiting: `done` runs on the node's runtime
+    /// with its outcome. Gives the key back when the queue is full (the caller then
+    /// waits for room with [`get`](Self::get)).
+    fn get_then(&self, key: Bytes, done: Callback<Option<Record>>) -> Result<(), Bytes>;
     /// The version of the stored record of `key`, if any, when it is known without
     /// reading the store (`None`: it is not; ask [`version`](Self::version)).
     fn version_now(&self, key: &[u8]) -> Option<Result<Option<HeldVersion>, StorageError>>;
@@ -141,12 +149,7 @@ pub trait Storage: Send + Sync + 'static {
     /// Queues the same compare-and-write without anyone waiting: `done` runs on the
     /// node's runtime with its outcome. Gives the write back untouched when the queue is
     /// full (the caller then waits for room with [`apply`](Self::apply)).
-    fn apply_then(
-        &self,
-        key: Bytes,
-        record: Record,
-        done: Box<dyn FnOnce(Result<Applied, StorageError>) + Send>,
-    ) -> Result<(), (Bytes, Record)>;
+    fn apply_then(&self, key: Bytes, record: Record, done: Callback<Applied>) -> Result<(), (Bytes, Record)>;
     /// Every key whose hash lies in `[start, end]`, with its version, in hash order.
     fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>>;
     /// Holds `record` for `owner` until it can be delivered (newer hint per key wins).

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
 use super::relay::{Deliver, Relay};
 use super::version_index::{DigestBuild, KeyId, Lookup, RecordState, VersionIndex};
-use super::{next_batch, Applied, ApplyDone, Forest, HintStored, StorageError};
+use super::{next_batch, Applied, Completion, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 
 /// Most operations committed as one batch (bounds the latency of one commit).
@@ -36,7 +36,7 @@ pub enum WriteOp {
     Apply {
         key: Bytes,
         record: Record,
-        done: ApplyDone,
+        done: Completion<Applied>,
     },
     /// Hold a record for another node.
     StoreHint {
@@ -112,7 +112,7 @@ struct Batch {
 
 /// An operation's answer, sent once the batch is committed.
 pub enum Answer {
-    Apply(ApplyDone, Result<Applied, StorageError>),
+    Apply(Completion<Applied>, Result<Applied, StorageError>),
     Hint(
         oneshot::Sender<Result<HintStored, StorageError>>,
         Result<HintStored, StorageError>,
