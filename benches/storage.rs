@@ -1,6 +1,6 @@
 //! Micro-benchmarks of [`FjallStorage`], the node's storage seam: compare-and-write of
 //! 1 KiB records and point reads, through the same async API the replica code calls
-//! (writer thread, group commit, Merkle upkeep, `spawn_blocking` reads), on a
+//! (writer thread, group commit, Merkle upkeep, the reader thread), on a
 //! current-thread tokio runtime like the node's.
 //!
 //! - `periodic/apply`: one write at a time, `periodic` durability (no fsync on the path),
@@ -10,7 +10,7 @@
 //!   the writer's group commit. Throughput is per write.
 //! - `sync/apply`: one write at a time with an fdatasync each (what a lone client sees).
 //! - `read/get`: a point read of an existing key (10,000 keys stored); `read/get_x64`: 64
-//!   concurrent reads per iteration (each one a `spawn_blocking`), throughput per read.
+//!   concurrent reads per iteration (batched by the reader thread), throughput per read.
 //!
 //! Every write is a new key, so each one is applied. The store lives in a temporary
 //! directory under `TMPDIR` (`/tmp` by default; its disk decides the fsync cost). Compare

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::peer::PeerService;
@@ -55,13 +56,24 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Where the response to one request goes: its id and its stream's response queue.
+/// Until it is sent, the request counts as running for the node's shutdown, which waits
+/// for it like for a request task.
 #[derive(Clone)]
 pub struct Reply {
     id: u64,
     responses: mpsc::Sender<Bytes>,
+    _running: TaskTrackerToken,
 }
 
 impl Reply {
+    fn new(id: u64, responses: &mpsc::Sender<Bytes>, tracker: &TaskTracker) -> Reply {
+        Reply {
+            id,
+            responses: responses.clone(),
+            _running: tracker.token(),
+        }
+    }
+
     /// Queues `response` without waiting: when the stream's queue is full (its client is
     /// not reading), a task waits for room instead of the caller.
     pub fn send<T: Serialize + FrameSizeHint>(self, response: T) {
@@ -187,19 +199,23 @@ async fn serve_stream<H: Handler>(send: SendStream, mut reader: FrameReader, han
             next = reader.next_frame() => next,
             _ = ctx.shutdown.cancelled() => return,
         };
-        let body = match next {
-            Ok(Some(body)) => body,
+        let why = match next {
+            Ok(Some(body)) => match decode::<Frame<H::Request>>(&body) {
+                Ok(frame) => {
+                    dispatch(frame, handler.clone(), &ctx, &responses).await;
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
             Ok(None) => return,
             Err(ReadFrameError::Read(e)) => {
                 tracing::debug!("stream ended: {e}");
                 return;
             }
-            Err(e) => return reject_stream(&mut reader, &responses, handler.malformed(e.to_string())).await,
+            Err(e) => e.to_string(),
         };
-        match decode::<Frame<H::Request>>(&body) {
-            Ok(frame) => dispatch(frame, handler.clone(), &ctx, &responses).await,
-            Err(e) => return reject_stream(&mut reader, &responses, handler.malformed(e.to_string())).await,
-        }
+        let reply = Reply::new(NO_REQUEST, &responses, &ctx.tracker);
+        return reject_stream(&mut reader, reply, handler.malformed(why)).await;
     }
 }
 
@@ -212,10 +228,7 @@ async fn dispatch<H: Handler>(
     responses: &mpsc::Sender<Bytes>,
 ) {
     let Frame { id, body } = frame;
-    let reply = Reply {
-        id,
-        responses: responses.clone(),
-    };
+    let reply = Reply::new(id, responses, &ctx.tracker);
     let Some(request) = handler.start(body, &reply) else {
         return;
     };
@@ -236,16 +249,8 @@ fn encode_response<T: Serialize + FrameSizeHint>(id: u64, response: T) -> Option
         .ok()
 }
 
-async fn reject_stream<T: Serialize + FrameSizeHint>(
-    reader: &mut FrameReader,
-    responses: &mpsc::Sender<Bytes>,
-    refusal: T,
-) {
+async fn reject_stream<T: Serialize + FrameSizeHint>(reader: &mut FrameReader, reply: Reply, refusal: T) {
     tracing::warn!("closing a stream after a bad frame");
-    let reply = Reply {
-        id: NO_REQUEST,
-        responses: responses.clone(),
-    };
     reply.send_waiting(refusal).await;
     reader.stop(BAD_FRAME);
 }
