@@ -154,7 +154,8 @@ pub struct HintPolicy {
 /// made to finish (writes: every replica must get its copy); reads just stop waiting.
 pub struct Answers {
     inner: Arc<Inner>,
-    pending: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// The sends still running (`None` only once dropped, taken by the background task).
+    pending: Option<FuturesUnordered<BoxFuture<'static, Answer>>>,
     /// Replicas whose answer (or failure) [`Answers::next`] has handed out.
     answered: Vec<usize>,
     /// The request, kept to hand it to a fallback as a hint.
@@ -173,7 +174,7 @@ pub struct Answers {
 impl Answers {
     /// The next answer (of a replica or of a hint), `None` once every send has answered.
     pub async fn next(&mut self) -> Option<Answer> {
-        let (source, result) = self.pending.next().await?;
+        let (source, result) = self.pending.as_mut()?.next().await?;
         if let Source::Replica(node) = source {
             self.answered.push(node);
             let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
@@ -201,7 +202,10 @@ impl Answers {
             .copied()
             .collect();
         let (inner, request, timeout) = (self.inner.clone(), self.request.clone(), self.timeout);
-        self.pending.push(Box::pin(async move {
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        pending.push(Box::pin(async move {
             inner.send_hint(owner, &candidates, request, timeout).await
         }));
     }
@@ -209,15 +213,15 @@ impl Answers {
 
 impl Drop for Answers {
     fn drop(&mut self) {
-        if !self.finish || self.pending.is_empty() {
+        let Some(pending) = self.pending.take().filter(|p| self.finish && !p.is_empty()) else {
             return;
-        }
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let rest = Answers {
             inner: self.inner.clone(),
-            pending: std::mem::take(&mut self.pending),
+            pending: Some(pending),
             answered: std::mem::take(&mut self.answered),
             request: self.request.clone(),
             targets: std::mem::take(&mut self.targets),
@@ -289,7 +293,7 @@ impl Inner {
         };
         Answers {
             inner: self.clone(),
-            pending,
+            pending: Some(pending),
             answered: Vec::new(),
             request,
             targets,
