@@ -5,10 +5,12 @@
 //! Every stream is read frame by frame; each request runs as its own tracked task (so a
 //! slow write does not hold up a read behind it), except those the handler can start
 //! without one: answered on the spot (a version from memory) or handed with their
-//! [`Reply`] to whoever finishes them (a write to the storage writer, which answers it
-//! after its group commit). Every response goes through the stream's coalescing writer. A malformed or oversized frame gets an error frame with
-//! id 0 and ends that stream only: the connection and everyone else carry on. Requests in
-//! flight are bounded by a semaphore.
+//! [`Reply`] to whoever finishes them (a read to the storage reader, a write to the
+//! storage writer, which answers it after its group commit). Every response goes through
+//! the stream's coalescing writer. A malformed or oversized frame gets an error frame
+//! with id 0 and ends that stream only: the connection and everyone else carry on.
+//! Request tasks are bounded by a semaphore, requests handed to storage by its queues;
+//! shutdown waits for both.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::peer::PeerService;
 use crate::replica::Replica;
 
-/// Requests a node works on at once; more wait for a permit (backpressure on readers).
+/// Request tasks a node runs at once; more wait for a permit (backpressure on readers).
 const MAX_IN_FLIGHT: usize = 4096;
 /// Responses queued per stream before request tasks wait.
 const RESPONSE_QUEUE: usize = 1024;
