@@ -84,7 +84,12 @@ impl Reply {
         };
         if let Err(mpsc::error::TrySendError::Full(frame)) = self.responses.try_send(frame) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { self.responses.send(frame).await });
+                // The whole reply moves along, so the request counts as running until then.
+                let reply = self;
+                runtime.spawn(async move {
+                    let _ = reply.responses.send(frame).await;
+                    drop(reply);
+                });
             }
         }
     }

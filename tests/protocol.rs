@@ -21,10 +21,15 @@ async fn raw_connection(cluster: &TestCluster) -> quinn::Connection {
 
 /// A raw connection to node n1 speaking the client protocol version named by `alpn`.
 async fn raw_connection_speaking(cluster: &TestCluster, alpn: &[u8]) -> quinn::Connection {
+    let tls = cluster.client_identity().client_config_for(alpn).unwrap();
+    raw_connection_with(cluster, tls).await
+}
+
+/// A raw connection to node n1 with the client configuration `tls`.
+async fn raw_connection_with(cluster: &TestCluster, tls: quinn::ClientConfig) -> quinn::Connection {
     let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
     let runtime = std::sync::Arc::new(quinn::TokioRuntime);
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
-    let tls = cluster.client_identity().client_config_for(alpn).unwrap();
     let addr = cluster.config.nodes[0].addr;
     endpoint
         .connect_with(tls, addr, "n1")
@@ -44,6 +49,18 @@ async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Vec<ResponseFrame> 
         frames.push(decode::<ResponseFrame>(&body).expect("node sends valid frames"));
     }
     frames
+}
+
+/// Writes `value` under key `k` to every replica through a client; returns the ring
+/// epoch and the version written.
+async fn put_everywhere(cluster: &TestCluster, value: Bytes) -> (u64, Version) {
+    let client = cluster.client().await;
+    let options = quorumkv_client::WriteOptions {
+        w: Some(3),
+        ..Default::default()
+    };
+    let version = client.put_with("k", value, &options).await.unwrap();
+    (client.ring().epoch(), version)
 }
 
 fn frame(request: Request) -> BytesMut {
@@ -158,13 +175,7 @@ async fn requests_a_client_would_refuse_are_refused_by_the_node_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_reads_and_protocol_1_clients_are_served() {
     let cluster = TestCluster::start(Shape::three()).await;
-    let client = cluster.client().await;
-    let epoch = client.ring().epoch();
-    let options = quorumkv_client::WriteOptions {
-        w: Some(3),
-        ..Default::default()
-    };
-    let version = client.put_with("k", "v", &options).await.unwrap();
+    let (epoch, version) = put_everywhere(&cluster, Bytes::from_static(b"v")).await;
     let key = || Bytes::from_static(b"k");
 
     let conn = raw_connection(&cluster).await;
@@ -191,5 +202,41 @@ async fn version_reads_and_protocol_1_clients_are_served() {
         value: Some(Bytes::from_static(b"v")),
     }));
     assert_eq!(record.iter().map(|f| &f.body).collect::<Vec<_>>(), [&expected]);
+    cluster.shutdown().await;
+}
+
+/// A client that sends many reads on one stream and only then starts reading gets every
+/// answer: with a small receive window the node's responses back up past its per-stream
+/// queue, and the replies that find it full wait for room instead of being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_late_gets_every_response() {
+    const READS: u64 = 3000;
+    let cluster = TestCluster::start(Shape::three()).await;
+    let value = Bytes::from(vec![7u8; 1024]);
+    let (epoch, version) = put_everywhere(&cluster, value.clone()).await;
+
+    let mut tls = cluster.client_identity().client_config_for(ALPN).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(64 * 1024));
+    tls.transport_config(std::sync::Arc::new(transport));
+    let conn = raw_connection_with(&cluster, tls).await;
+    let mut requests = BytesMut::new();
+    for id in 1..=READS {
+        let body = Request::Get {
+            epoch,
+            key: Bytes::from_static(b"k"),
+        };
+        encode_frame(&RequestFrame { id, body }, &mut requests).unwrap();
+    }
+    let frames = exchange(&conn, &requests).await;
+
+    let expected = Response::Record(Some(Record {
+        version,
+        value: Some(value),
+    }));
+    let mut ids: Vec<u64> = frames.iter().map(|f| f.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=READS).collect::<Vec<_>>(), "every read answered exactly once");
+    assert!(frames.iter().all(|f| f.body == expected), "every answer is the record");
     cluster.shutdown().await;
 }
