@@ -138,8 +138,8 @@ impl Writer {
         let mut batch = Batch {
             batch: self.db.batch().durability(Some(self.persist)),
             hints: HashMap::new(),
-            states: HashMap::default(),
-            deltas: Vec::new(),
+            states: HashMap::with_capacity_and_hasher(ops.len(), DigestBuild::default()),
+            deltas: Vec::with_capacity(ops.len()),
             hint_count_changes: Vec::new(),
         };
         let answers: Vec<Answer> = ops
