@@ -1,6 +1,6 @@
-//! What `quorumkv bench` measured and how it is shown: per-worker [`Recorder`]s (latency
-//! histograms, error counts by kind), merged into a [`PhaseReport`] per workload, printed
-//! as a table or serialised as one JSON object.
+//! What `quorumkv bench` measured and how it is shown: a phase's [`Recorder`] (latency
+//! histograms, error counts by kind, shared by its workers) becomes a [`PhaseReport`],
+//! printed as a table or serialised as one JSON object.
 //!
 //! Latencies are recorded in microseconds in hdrhistogram with 3 significant digits.
 //! Only successful operations enter the histograms; failed ones are counted per
@@ -22,7 +22,7 @@ const MAX_LATENCY_US: u64 = 600_000_000;
 /// Significant decimal digits of the histograms.
 const SIGNIFICANT_DIGITS: u8 = 3;
 
-/// One worker's measurements; merged after the run.
+/// A phase's measurements, recorded by all of its workers.
 pub struct Recorder {
     /// Reads.
     read: OpRecorder,
@@ -58,13 +58,6 @@ impl OpRecorder {
             errors: 0,
             not_found: 0,
         })
-    }
-
-    fn merge(&mut self, other: &OpRecorder) -> anyhow::Result<()> {
-        self.latency.add(&other.latency)?;
-        self.errors += other.errors;
-        self.not_found += other.not_found;
-        Ok(())
     }
 }
 
@@ -104,20 +97,6 @@ impl Recorder {
     /// Successful operations of every type.
     pub fn successes(&self) -> u64 {
         self.read.latency.len() + self.write.latency.len()
-    }
-
-    /// Adds `other`'s measurements to these.
-    pub fn merge(&mut self, other: &Recorder) -> anyhow::Result<()> {
-        self.read.merge(&other.read)?;
-        self.write.merge(&other.write)?;
-        for (kind, summary) in &other.errors {
-            let mine = self.errors.entry(kind.clone()).or_insert_with(|| ErrorSummary {
-                count: 0,
-                example: summary.example.clone(),
-            });
-            mine.count += summary.count;
-        }
-        Ok(())
     }
 }
 
@@ -354,16 +333,14 @@ mod tests {
     }
 
     #[test]
-    fn merged_recorders_report_counts_and_percentiles() {
+    fn recorders_report_counts_and_percentiles() {
         let mut total = Recorder::new().unwrap();
         for worker in 0..2u64 {
-            let mut rec = Recorder::new().unwrap();
             for i in 1..=100u64 {
-                rec.record(Op::Write, Duration::from_micros(i * 10 + worker), Ok(true));
+                total.record(Op::Write, Duration::from_micros(i * 10 + worker), Ok(true));
             }
-            rec.record(Op::Read, Duration::from_micros(50), Ok(false));
-            rec.record(Op::Read, Duration::ZERO, Err(unavailable(&[FailureReason::Timeout])));
-            total.merge(&rec).unwrap();
+            total.record(Op::Read, Duration::from_micros(50), Ok(false));
+            total.record(Op::Read, Duration::ZERO, Err(unavailable(&[FailureReason::Timeout])));
         }
         let report = PhaseReport::new(Workload::A, Duration::from_secs(2), total, None);
         assert_eq!((report.ops, report.errors), (202, 2));
