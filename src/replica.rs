@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, Record, Request, Response};
+use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Record, Request, Response};
 
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
@@ -66,8 +66,7 @@ impl Replica {
 
     async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
         self.check_read(epoch, &key)?;
-        let held = self.ctx.storage.version(key).await.map_err(storage_error)?;
-        Ok(Response::Version(held))
+        Ok(version_response(self.ctx.storage.version(key).await))
     }
 
     async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
@@ -176,7 +175,7 @@ impl Handler for Replica {
         let storage = &self.ctx.storage;
         match request {
             Request::GetVersion { epoch, key } => match storage.version_now(&key) {
-                Some(held) => reply.send(held.map_or_else(|e| Response::Error(storage_error(e)), Response::Version)),
+                Some(held) => reply.send(version_response(held)),
                 None => return Some(Request::GetVersion { epoch, key }),
             },
             Request::Get { epoch, key } => {
@@ -203,6 +202,11 @@ impl Handler for Replica {
 /// The answer to a `Get` whose read ended with `outcome`.
 fn get_response(outcome: Result<Option<Record>, StorageError>) -> Response {
     outcome.map_or_else(|e| Response::Error(storage_error(e)), Response::Record)
+}
+
+/// The answer to a `GetVersion` whose lookup ended with `outcome`.
+fn version_response(outcome: Result<Option<HeldVersion>, StorageError>) -> Response {
+    outcome.map_or_else(|e| Response::Error(storage_error(e)), Response::Version)
 }
 
 /// The answer to a `Put` whose compare-and-write ended with `outcome`.

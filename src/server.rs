@@ -49,8 +49,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Starts a request without a task of its own, if it needs none: answers it through
     /// `reply` at once, or hands `reply` to whoever will. Gives any other request back
     /// (it then runs as a task, through [`handle`](Self::handle)).
-    fn start(&self, request: Self::Request, reply: &Reply) -> Option<Self::Request> {
-        let _ = reply;
+    fn start(&self, request: Self::Request, _reply: &Reply) -> Option<Self::Request> {
         Some(request)
     }
     /// The response to a frame that could not be read.

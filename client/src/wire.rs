@@ -50,6 +50,17 @@ pub struct HeldVersion {
     pub tombstone: bool,
 }
 
+impl HeldVersion {
+    /// The whole record this stands for when it is a tombstone (a delete carries no
+    /// value, so its version is all there is to it); `None` for a value.
+    pub fn tombstone_record(&self) -> Option<Record> {
+        self.tombstone.then_some(Record {
+            version: self.version,
+            value: None,
+        })
+    }
+}
+
 impl From<&Record> for HeldVersion {
     fn from(record: &Record) -> HeldVersion {
         HeldVersion {

@@ -8,8 +8,8 @@
 //! skip values, cost ~20% of the nodes' CPU per write; stores that still have it drop it
 //! at open). Writes go through the writer thread ([`super::writer`]), point reads through
 //! one reader thread, version-only reads are answered from the index on the caller's
-//! thread (the reader only while the index still loads), and scans (anti-entropy, hints, tombstones) run on blocking
-//! threads. At open a snapshot is taken before the writer starts, and a scan of it
+//! thread (the reader only while the index still loads), and scans (anti-entropy,
+//! hints, tombstones) run on blocking threads. At open a snapshot is taken before the writer starts, and a scan of it
 //! rebuilds the Merkle trees and the version index while the node already serves: live
 //! writes fold their deltas into the same trees, which is exact because XOR updates
 //! commute. In `periodic` mode a timer thread fsyncs every interval.

@@ -122,11 +122,7 @@ impl Inner {
         let Some(newest) = newest else {
             return Ok(outcome(None, answers, stragglers));
         };
-        if newest.tombstone {
-            let tombstone = Record {
-                version: newest.version,
-                value: None,
-            };
+        if let Some(tombstone) = newest.tombstone_record() {
             return Ok(outcome(Some(tombstone), answers, stragglers));
         }
         if let Some(record) = record_at_least(&answers, newest) {

@@ -3,8 +3,9 @@
 //!
 //! In the background by default: after the read returned, the stragglers' answers are
 //! still collected (up to the request's timeout) and every stale replica gets the newest
-//! record (fetched first when a straggler holds a newer version than the read saw). Blocking mode repairs the stale replicas among the answers before the read
-//! returns. At most [`MAX_CONCURRENT_REPAIRS`] repairs run at once per client; a
+//! record (fetched first when a straggler holds a newer version than the read saw).
+//! Blocking mode repairs the stale replicas among the answers before the read returns.
+//! At most [`MAX_CONCURRENT_REPAIRS`] repairs run at once per client; a
 //! background repair that finds no free slot is skipped (anti-entropy will do it), so a
 //! hot key cannot start a storm.
 
@@ -85,13 +86,10 @@ impl Inner {
             let Some(seen) = answers.iter().filter_map(|(_, held)| *held).max_by_key(|h| h.version) else {
                 return;
             };
-            let newest = match newest {
-                Some(record) if record.version >= seen.version => record,
+            let newest = match (newest, seen.tombstone_record()) {
+                (Some(record), _) if record.version >= seen.version => record,
                 // A straggler holds a newer version than the read saw: fetch it first.
-                _ if seen.tombstone => Record {
-                    version: seen.version,
-                    value: None,
-                },
+                (_, Some(tombstone)) => tombstone,
                 _ => {
                     let holders: Vec<usize> = answers
                         .iter()
