@@ -7,7 +7,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::{Shape, TestCluster};
 use quorumkv_client::net::bind_udp;
-use quorumkv_client::transport::FrameReader;
+use quorumkv_client::transport::{AnswerSink, EncodedRequest, FrameReader, MuxConnection};
 use quorumkv_client::wire::{
     decode, encode_frame, ErrorKind, HeldVersion, Record, Request, RequestFrame, Response, ResponseFrame, ALPN,
     ALPN_V1, FRAME_OVERHEAD,
@@ -238,5 +238,71 @@ async fn a_client_that_reads_late_gets_every_response() {
     ids.sort_unstable();
     assert_eq!(ids, (1..=READS).collect::<Vec<_>>(), "every read answered exactly once");
     assert!(frames.iter().all(|f| f.body == expected), "every answer is the record");
+    cluster.shutdown().await;
+}
+
+/// The next answer in `sink`, waiting at most ten seconds.
+async fn next_answer(
+    sink: &AnswerSink<Response>,
+) -> (usize, Result<Response, quorumkv_client::transport::TransportError>) {
+    let next = std::future::poll_fn(|cx| sink.poll_next(cx));
+    tokio::time::timeout(std::time::Duration::from_secs(10), next)
+        .await
+        .expect("an answer within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_gets_each_answer_once_and_hears_when_its_connection_closes() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let (epoch, version) = put_everywhere(&cluster, Bytes::from_static(b"v")).await;
+    let conn = raw_connection(&cluster).await;
+    let mux = MuxConnection::<Request, Response>::open(conn, 1 << 20, Default::default())
+        .await
+        .unwrap();
+    let get = || {
+        let key = Bytes::from_static(b"k");
+        EncodedRequest::new(&Request::Get { epoch, key }).unwrap()
+    };
+    let sink = AnswerSink::new();
+    let send = |tag| match mux.send_to_sink(&get(), &sink, tag) {
+        Ok(ticket) => ticket,
+        Err(_) => panic!("an idle connection takes request {tag}"),
+    };
+    // A request whose ticket is dropped before the answer comes: its answer is discarded.
+    drop(send(1));
+    let _answered = (send(2), send(3));
+    let expected = Response::Record(Some(Record {
+        version,
+        value: Some(Bytes::from_static(b"v")),
+    }));
+    let mut tags = Vec::new();
+    for _ in 0..2 {
+        let (tag, answer) = next_answer(&sink).await;
+        assert_eq!(answer.expect("answered"), expected);
+        tags.push(tag);
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, [2, 3]);
+
+    // Requests still waiting when the connection closes are reported lost, one per lane.
+    let _lost = (send(5), send(6));
+    mux.connection().close(0u32.into(), b"test closes");
+    let mut tags = Vec::new();
+    for _ in 0..2 {
+        let (tag, answer) = next_answer(&sink).await;
+        assert!(
+            answer.is_err(),
+            "request {tag} cannot be answered on a closed connection"
+        );
+        tags.push(tag);
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, [5, 6]);
+    // Both lanes have stopped: nothing else can arrive, and request 1 never did.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        sink.poll_next(&mut cx).is_pending(),
+        "the dropped request's answer was discarded"
+    );
     cluster.shutdown().await;
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
@@ -178,7 +179,107 @@ impl Traffic {
     }
 }
 
-type Pending<A> = Arc<Mutex<HashMap<u64, oneshot::Sender<A>, BuildHasherDefault<IdHasher>>>>;
+type Pending<A> = Arc<Mutex<HashMap<u64, Waiter<A>, BuildHasherDefault<IdHasher>>>>;
+
+/// Who is waiting for the answer to a request sent on a lane.
+enum Waiter<A> {
+    /// One caller awaiting this one answer ([`MuxConnection::call_encoded`]).
+    One(oneshot::Sender<A>),
+    /// A request sent to several nodes, whose answers all go to one sink under the tag
+    /// the sender chose ([`MuxConnection::send_to_sink`]).
+    Sink(Arc<AnswerSink<A>>, usize),
+}
+
+impl<A> Waiter<A> {
+    fn deliver(self, answer: A) {
+        match self {
+            Waiter::One(tx) => {
+                let _ = tx.send(answer);
+            }
+            Waiter::Sink(sink, tag) => sink.deliver(tag, Ok(answer)),
+        }
+    }
+
+    /// Tells the waiter its stream is gone (a [`Waiter::One`] learns it from the
+    /// dropped sender).
+    fn lost(self) {
+        if let Waiter::Sink(sink, tag) = self {
+            sink.deliver(tag, Err(TransportError::Lost("stream closed before the answer".into())));
+        }
+    }
+}
+
+/// Collects the answers to one request sent to several nodes, each under its sender's
+/// tag, for one consumer. A channel plus a boxed future per node cost a third of the
+/// client's allocations per quorum write; the sink is one allocation per request.
+pub struct AnswerSink<A> {
+    state: Mutex<SinkState<A>>,
+}
+
+struct SinkState<A> {
+    ready: Vec<(usize, Result<A, TransportError>)>,
+    waker: Option<Waker>,
+}
+
+impl<A> AnswerSink<A> {
+    /// An empty sink.
+    pub fn new() -> Arc<AnswerSink<A>> {
+        Arc::new(AnswerSink {
+            state: Mutex::new(SinkState {
+                ready: Vec::new(),
+                waker: None,
+            }),
+        })
+    }
+
+    fn deliver(&self, tag: usize, answer: Result<A, TransportError>) {
+        let waker = {
+            let mut state = lock(&self.state);
+            state.ready.push((tag, answer));
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The next answer that arrived (in no particular order), or `Pending` after
+    /// arranging for `cx` to be woken when one does.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<(usize, Result<A, TransportError>)> {
+        let mut state = lock(&self.state);
+        match state.ready.pop() {
+            Some(answer) => Poll::Ready(answer),
+            None => {
+                if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A request registered with an [`AnswerSink`]; dropping it stops waiting (the answer,
+/// if it still comes, is discarded).
+pub struct SinkTicket<A> {
+    pending: Pending<A>,
+    id: u64,
+}
+
+impl<A> Drop for SinkTicket<A> {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.id);
+    }
+}
+
+/// Why [`MuxConnection::send_to_sink`] did not send.
+pub enum SinkSendError {
+    /// The frame is too large for a lane, or the lane's queue is full: send it the
+    /// awaiting way ([`MuxConnection::call_encoded`]).
+    UseCall,
+    /// The connection's stream is closed.
+    Lost(TransportError),
+}
 
 /// Hashes request ids for the pending maps. The ids are our own sequence numbers, so a
 /// multiplicative hash spreads them well enough; SipHash (the default, made to resist
@@ -269,6 +370,39 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
         lane.call(id, frame).await
     }
 
+    /// Sends an already encoded request without waiting: its answer goes to `sink`
+    /// under `tag`, unless the returned ticket is dropped first. Never waits: a frame
+    /// too large for a lane or a full lane queue is left to [`Self::call_encoded`].
+    pub fn send_to_sink(
+        &self,
+        request: &EncodedRequest<Q>,
+        sink: &Arc<AnswerSink<A>>,
+        tag: usize,
+    ) -> Result<SinkTicket<A>, SinkSendError> {
+        if request.frame.len() > OWN_STREAM_THRESHOLD {
+            return Err(SinkSendError::UseCall);
+        }
+        let lane = &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
+        if lane.closed.load(Ordering::Relaxed) {
+            return Err(SinkSendError::Lost(TransportError::Lost("stream closed".into())));
+        }
+        lock(&lane.pending).insert(request.id, Waiter::Sink(sink.clone(), tag));
+        let ticket = SinkTicket {
+            pending: lane.pending.clone(),
+            id: request.id,
+        };
+        match lane.frames.try_send(request.frame.clone()) {
+            Ok(()) => {
+                self.traffic.count_sent(request.frame.len());
+                Ok(ticket)
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(SinkSendError::UseCall),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(SinkSendError::Lost(TransportError::Lost("stream closed".into())))
+            }
+        }
+    }
+
     async fn call_on_own_stream(&self, frame: Bytes) -> Result<A, TransportError> {
         let lost = |e: &dyn std::fmt::Display| TransportError::Lost(e.to_string());
         let (mut send, recv) = self.conn.open_bi().await.map_err(|e| lost(&e))?;
@@ -298,7 +432,7 @@ impl<A: DeserializeOwned + Send + 'static> Lane<A> {
 
     async fn call(&self, id: u64, frame: Bytes) -> Result<A, TransportError> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        lock(&self.pending).insert(id, Waiter::One(tx));
         let _forget = ForgetOnDrop {
             pending: &self.pending,
             id,
@@ -336,12 +470,17 @@ async fn read_responses<A: DeserializeOwned>(
             tracing::warn!("undecodable response frame; dropping the stream");
             break;
         };
-        if let Some(waiter) = lock(&pending).remove(&frame.id) {
-            let _ = waiter.send(frame.body);
+        // Taken out of the map first: a sink's waker must not run under the map's lock.
+        let waiter = lock(&pending).remove(&frame.id);
+        if let Some(waiter) = waiter {
+            waiter.deliver(frame.body);
         }
     }
     closed.store(true, Ordering::Relaxed);
-    lock(&pending).clear();
+    let waiters: Vec<Waiter<A>> = lock(&pending).drain().map(|(_, waiter)| waiter).collect();
+    for waiter in waiters {
+        waiter.lost();
+    }
 }
 
 /// Locks a mutex, recovering from poisoning (the map stays consistent across panics).
@@ -437,6 +576,11 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
     /// Sends an already encoded request to destination `index` (no timeout).
     pub async fn call_encoded(&self, index: usize, request: EncodedRequest<Q>) -> Result<A, TransportError> {
         self.connection(index).await?.call_encoded(request).await
+    }
+
+    /// The cached connection to destination `index` if it is up, without dialling.
+    pub fn live_connection(&self, index: usize) -> Option<Arc<MuxConnection<Q, A>>> {
+        self.slots.get(index)?.live()
     }
 
     /// The cached connection to destination `index`, dialling one if needed.

@@ -10,19 +10,22 @@
 //! for [`DOWN_BACKOFF`], during which requests skip them (writes go straight to a
 //! fallback).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::Inner;
 use crate::error::{ClientError, FailureReason, ReplicaFailure};
 use crate::options::QuorumPlan;
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::transport::EncodedRequest;
+use crate::transport::{AnswerSink, EncodedRequest, SinkSendError, SinkTicket};
 use crate::wire::{Request, Response};
 
 /// How long a replica that failed is skipped by writes (they go to a fallback instead).
@@ -148,13 +151,22 @@ pub struct HintPolicy {
 
 /// The answers of one fanned-out request, as they arrive.
 ///
-/// The sends run inside whoever polls [`Answers::next`] (no task per replica); a failed
-/// write to a replica queues its hint here too. What is still running once the caller
-/// is done goes on in one background task when the answers are dropped, if they were
-/// made to finish (writes: every replica must get its copy); reads just stop waiting.
+/// Replicas with a live connection are sent the request without waiting, their answers
+/// delivered to one [`AnswerSink`] and bounded by one deadline; the others (a
+/// connection to dial, a full queue, a replica known down) and the hints of failed
+/// writes run as futures inside whoever polls [`Answers::next`] (no task per replica).
+/// What is still running once the caller is done goes on in one background task when
+/// the answers are dropped, if they were made to finish (writes: every replica must get
+/// its copy); reads just stop waiting.
 pub struct Answers {
     inner: Arc<Inner>,
-    /// The sends still running (`None` only once dropped, taken by the background task).
+    /// Where the replicas sent without waiting deliver their answers.
+    sink: Arc<AnswerSink<Response>>,
+    /// Those replicas not answered yet, with their registrations.
+    waiting: Vec<(usize, SinkTicket<Response>)>,
+    /// When the replicas still in `waiting` count as timed out.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The sends that wait their turn, and hints (`None` while there are none).
     pending: Option<FuturesUnordered<BoxFuture<'static, Answer>>>,
     /// Replicas whose answer (or failure) [`Answers::next`] has handed out.
     answered: Vec<usize>,
@@ -174,7 +186,7 @@ pub struct Answers {
 impl Answers {
     /// The next answer (of a replica or of a hint), `None` once every send has answered.
     pub async fn next(&mut self) -> Option<Answer> {
-        let (source, result) = self.pending.as_mut()?.next().await?;
+        let (source, result) = std::future::poll_fn(|cx| self.poll_answer(cx)).await?;
         if let Source::Replica(node) = source {
             self.answered.push(node);
             let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
@@ -183,6 +195,34 @@ impl Answers {
             }
         }
         Some((source, result))
+    }
+
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        while !self.waiting.is_empty() {
+            if let Poll::Ready((node, result)) = self.sink.poll_next(cx) {
+                let Some(at) = self.waiting.iter().position(|(n, _)| *n == node) else {
+                    continue; // it came as its wait timed out
+                };
+                self.waiting.swap_remove(at);
+                let result = result.map_err(|e| FailureReason::Unreachable(e.to_string()));
+                self.inner.health.observe(node, &result);
+                return Poll::Ready(Some((Source::Replica(node), result)));
+            }
+            let expired = self.deadline.as_mut().is_none_or(|d| d.as_mut().poll(cx).is_ready());
+            if !expired {
+                break;
+            }
+            if let Some((node, _forgotten)) = self.waiting.pop() {
+                let result = Err(FailureReason::Timeout);
+                self.inner.health.observe(node, &result);
+                return Poll::Ready(Some((Source::Replica(node), result)));
+            }
+        }
+        match self.pending.as_mut().filter(|p| !p.is_empty()) {
+            Some(pending) => pending.poll_next_unpin(cx),
+            None if self.waiting.is_empty() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
     }
 
     /// Whether `node` has answered (or failed) already.
@@ -202,26 +242,33 @@ impl Answers {
             .copied()
             .collect();
         let (inner, request, timeout) = (self.inner.clone(), self.request.clone(), self.timeout);
-        let Some(pending) = self.pending.as_mut() else {
-            return;
-        };
-        pending.push(Box::pin(async move {
-            inner.send_hint(owner, &candidates, request, timeout).await
-        }));
+        self.pending
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(Box::pin(async move {
+                inner.send_hint(owner, &candidates, request, timeout).await
+            }));
+    }
+
+    /// Whether no send is left running.
+    fn is_done(&self) -> bool {
+        self.waiting.is_empty() && self.pending.as_ref().is_none_or(|p| p.is_empty())
     }
 }
 
 impl Drop for Answers {
     fn drop(&mut self) {
-        let Some(pending) = self.pending.take().filter(|p| self.finish && !p.is_empty()) else {
+        if !self.finish || self.is_done() {
             return;
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let rest = Answers {
             inner: self.inner.clone(),
-            pending: Some(pending),
+            sink: self.sink.clone(),
+            waiting: std::mem::take(&mut self.waiting),
+            deadline: self.deadline.take(),
+            pending: self.pending.take(),
             answered: std::mem::take(&mut self.answered),
             request: self.request.clone(),
             targets: std::mem::take(&mut self.targets),
@@ -237,6 +284,9 @@ impl Drop for Answers {
         });
     }
 }
+
+/// One target's encoded request (or why it could not be encoded).
+type ReplicaSend = (usize, Result<EncodedRequest<Request>, String>);
 
 impl Inner {
     /// Starts sending `request` to every target; `finish` keeps the sends (and hints)
@@ -260,40 +310,41 @@ impl Inner {
     /// hint carries.
     pub(super) fn fan_out_each(
         self: &Arc<Self>,
-        sends: Vec<(usize, Result<EncodedRequest<Request>, String>)>,
+        sends: Vec<ReplicaSend>,
         fallbacks: &[usize],
         request: Request,
         timeout: Duration,
         hints: HintPolicy,
         finish: bool,
     ) -> Answers {
-        let pending = FuturesUnordered::new();
-        let targets: Vec<usize> = sends.iter().map(|(node, _)| *node).collect();
-        for (node, encoded) in sends {
-            let inner = self.clone();
-            pending.push(Box::pin(async move {
-                // A replica that just failed is skipped for a while instead of waiting out
-                // another timeout (its write goes to a fallback when hints are on).
-                if inner.health.is_down(node) {
-                    let reason = FailureReason::Unreachable(format!("failed in the last {DOWN_BACKOFF:?}"));
-                    return (Source::Replica(node), Err(reason));
+        let sink = AnswerSink::new();
+        let mut waiting = Vec::with_capacity(sends.len());
+        let mut pending = None;
+        let mut targets = Vec::new();
+        for send in sends {
+            let node = send.0;
+            if hints.enabled {
+                targets.push(node);
+            }
+            match self.send_to_sink(send, &sink) {
+                Ok(ticket) => waiting.push((node, ticket)),
+                Err(send) => {
+                    let sending = self.clone().send_awaiting(send, timeout);
+                    pending.get_or_insert_with(FuturesUnordered::new).push(sending);
                 }
-                let result = match encoded {
-                    Ok(encoded) => inner.send_with_timeout(node, encoded, timeout).await,
-                    Err(e) => Err(FailureReason::Unreachable(e)),
-                };
-                // Only a real attempt says anything new about the replica's health.
-                inner.health.observe(node, &result);
-                (Source::Replica(node), result)
-            }) as BoxFuture<'static, Answer>);
+            }
         }
-        let (targets, fallbacks) = match hints.enabled {
-            true => (targets, fallbacks.to_vec()),
-            false => (Vec::new(), Vec::new()),
+        let deadline = (!waiting.is_empty()).then(|| Box::pin(tokio::time::sleep(timeout)));
+        let fallbacks = match hints.enabled {
+            true => fallbacks.to_vec(),
+            false => Vec::new(),
         };
         Answers {
             inner: self.clone(),
-            pending: Some(pending),
+            sink,
+            waiting,
+            deadline,
+            pending,
             answered: Vec::new(),
             request,
             targets,
@@ -303,6 +354,46 @@ impl Inner {
             finish,
             _in_flight: InFlight::start(&self.stats.background),
         }
+    }
+
+    /// Sends to a replica over its live connection without waiting, when it has one
+    /// and is not known down; otherwise hands the send back.
+    fn send_to_sink(
+        &self,
+        send: ReplicaSend,
+        sink: &Arc<AnswerSink<Response>>,
+    ) -> Result<SinkTicket<Response>, ReplicaSend> {
+        let (node, encoded) = &send;
+        let (Ok(request), false) = (encoded, self.health.is_down(*node)) else {
+            return Err(send);
+        };
+        let Some(connection) = self.nodes.live_connection(*node) else {
+            return Err(send);
+        };
+        match connection.send_to_sink(request, sink, *node) {
+            Ok(ticket) => Ok(ticket),
+            // A closed stream is re-dialled by the awaiting send.
+            Err(SinkSendError::UseCall | SinkSendError::Lost(_)) => Err(send),
+        }
+    }
+
+    /// Sends to a replica and waits for its answer, dialling if needed.
+    fn send_awaiting(self: Arc<Self>, (node, encoded): ReplicaSend, timeout: Duration) -> BoxFuture<'static, Answer> {
+        Box::pin(async move {
+            // A replica that just failed is skipped for a while instead of waiting out
+            // another timeout (its write goes to a fallback when hints are on).
+            if self.health.is_down(node) {
+                let reason = FailureReason::Unreachable(format!("failed in the last {DOWN_BACKOFF:?}"));
+                return (Source::Replica(node), Err(reason));
+            }
+            let result = match encoded {
+                Ok(encoded) => self.send_with_timeout(node, encoded, timeout).await,
+                Err(e) => Err(FailureReason::Unreachable(e)),
+            };
+            // Only a real attempt says anything new about the replica's health.
+            self.health.observe(node, &result);
+            (Source::Replica(node), result)
+        })
     }
 
     /// Hands `request` (a put) for `owner` to the first fallback that is not known down.
