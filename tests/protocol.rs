@@ -241,6 +241,56 @@ async fn a_client_that_reads_late_gets_every_response() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_writes_larger_than_the_storage_queue_is_answered_in_full() {
+    // The node queues writes for its storage thread (4,096 deep); one stream sending
+    // 40,000 at once outruns the writer, and the writes that find the queue full take
+    // the waiting path (~4,600 of them on the development machine, counted once by hand).
+    const WRITES: u64 = 40_000;
+    let cluster = TestCluster::start(Shape::three()).await;
+    let (epoch, version) = put_everywhere(&cluster, Bytes::from_static(b"v")).await;
+    let value = Bytes::from(vec![3u8; 1024]);
+    let key = |i: u64| Bytes::from(format!("burst-{i}"));
+    let mut requests = BytesMut::new();
+    for id in 1..=WRITES {
+        let record = Record {
+            version,
+            value: Some(value.clone()),
+        };
+        let body = Request::Put {
+            epoch,
+            key: key(id),
+            record,
+        };
+        encode_frame(&RequestFrame { id, body }, &mut requests).unwrap();
+    }
+    let conn = raw_connection(&cluster).await;
+    let frames = exchange(&conn, &requests).await;
+
+    let mut ids: Vec<u64> = frames.iter().map(|f| f.id).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=WRITES).collect::<Vec<_>>(),
+        "every write answered exactly once"
+    );
+    let applied = Response::Put {
+        applied: true,
+        current: version,
+    };
+    assert!(frames.iter().all(|f| f.body == applied), "every write applied");
+    let client = cluster.client().await;
+    for id in [1, WRITES / 2, WRITES] {
+        let stored = client.get_from("n1", key(id)).await.unwrap();
+        assert_eq!(
+            stored.and_then(|r| r.value),
+            Some(value.clone()),
+            "key {id} is stored on n1"
+        );
+    }
+    cluster.shutdown().await;
+}
+
 /// The next answer in `sink`, waiting at most ten seconds.
 async fn next_answer(
     sink: &AnswerSink<Response>,
