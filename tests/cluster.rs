@@ -181,6 +181,39 @@ async fn read_returns_the_newest_of_its_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_answering_times_out_at_the_requests_deadline() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    // Connections to every replica are up, so the write below goes out on them at once.
+    client.put_with("k", "before", &w(3, 3)).await.unwrap();
+    cluster.isolate(2);
+    let short = WriteOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..w(3, 3)
+    };
+    let err = client.put_with("k", "after", &short).await.unwrap_err();
+    let ClientError::Unavailable { acked, failures, .. } = &err else {
+        panic!("unexpected error {err}")
+    };
+    assert_eq!(*acked, 2, "{err}");
+    assert_eq!(failures.len(), 1, "{err}");
+    assert_eq!(
+        (failures[0].node.as_str(), &failures[0].reason),
+        ("n3", &FailureReason::Timeout),
+        "{err}"
+    );
+    // The send to n3 went on in the background after the write returned; it ends at the
+    // same deadline (and its hint goes to a fallback), so nothing is left running.
+    assert!(
+        client.finish_background(DEADLINE).await,
+        "the silent replica's send never ended"
+    );
+    assert_eq!(client.stats().sends_in_flight(), 0);
+    cluster.heal();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_leave_every_replica_on_one_version() {
     let cluster = TestCluster::start(Shape::three()).await;
     let ids: Vec<String> = (0..3).map(|i| cluster.id(i)).collect();

@@ -277,8 +277,8 @@ pub enum SinkSendError {
     /// The frame is too large for a lane, or the lane's queue is full: send it the
     /// awaiting way ([`MuxConnection::call_encoded`]).
     UseCall,
-    /// The connection's stream is closed.
-    Lost(TransportError),
+    /// The connection's stream is closed (a new connection is dialled the awaiting way).
+    Lost,
 }
 
 /// Hashes request ids for the pending maps. The ids are our own sequence numbers, so a
@@ -383,23 +383,23 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
             return Err(SinkSendError::UseCall);
         }
         let lane = &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
-        if lane.closed.load(Ordering::Relaxed) {
-            return Err(SinkSendError::Lost(TransportError::Lost("stream closed".into())));
-        }
+        // Registered before `closed` is read: a reader that stops afterwards finds the
+        // entry when it drains (and reports it lost); one that stopped before is seen here.
         lock(&lane.pending).insert(request.id, Waiter::Sink(sink.clone(), tag));
         let ticket = SinkTicket {
             pending: lane.pending.clone(),
             id: request.id,
         };
+        if lane.closed.load(Ordering::Acquire) {
+            return Err(SinkSendError::Lost);
+        }
         match lane.frames.try_send(request.frame.clone()) {
             Ok(()) => {
                 self.traffic.count_sent(request.frame.len());
                 Ok(ticket)
             }
             Err(mpsc::error::TrySendError::Full(_)) => Err(SinkSendError::UseCall),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(SinkSendError::Lost(TransportError::Lost("stream closed".into())))
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkSendError::Lost),
         }
     }
 
@@ -476,7 +476,7 @@ async fn read_responses<A: DeserializeOwned>(
             waiter.deliver(frame.body);
         }
     }
-    closed.store(true, Ordering::Relaxed);
+    closed.store(true, Ordering::Release);
     let waiters: Vec<Waiter<A>> = lock(&pending).drain().map(|(_, waiter)| waiter).collect();
     for waiter in waiters {
         waiter.lost();

@@ -202,7 +202,9 @@ impl Answers {
         while !self.waiting.is_empty() {
             if let Poll::Ready((node, result)) = self.sink.poll_next(cx) {
                 let Some(at) = self.waiting.iter().position(|(n, _)| *n == node) else {
-                    continue; // it came as its wait timed out
+                    // Timed out already, or its send fell back to the awaiting way just
+                    // as the stream closed (the drain's "lost" for it is not its answer).
+                    continue;
                 };
                 self.waiting.swap_remove(at);
                 let result = result.map_err(|e| FailureReason::Unreachable(e.to_string()));
@@ -374,7 +376,7 @@ impl Inner {
         match connection.send_to_sink(request, sink, *node) {
             Ok(ticket) => Ok(ticket),
             // A closed stream is re-dialled by the awaiting send.
-            Err(SinkSendError::UseCall | SinkSendError::Lost(_)) => Err(send),
+            Err(SinkSendError::UseCall | SinkSendError::Lost) => Err(send),
         }
     }
 
