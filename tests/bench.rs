@@ -61,6 +61,18 @@ fn write_workload_counts_every_operation() {
     assert_eq!(w["errors"], 0, "{w}");
     assert_sane(&w["operations"]["write"], 300);
     assert!(w["operations"]["read"].is_null(), "no reads in workload w: {w}");
+    // How the phase used the machine: per operation for client and nodes, and the share
+    // of the machine left idle or waiting on disk (absent only when no clock tick passed
+    // during the phase, which a fast disk could manage in 300 writes).
+    let cpu = &w["cpu"];
+    for field in ["client_us_per_op", "nodes_us_per_op"] {
+        assert!(cpu[field].as_f64().is_some_and(|us| us >= 0.0), "{field} in {cpu}");
+    }
+    for field in ["machine_idle_pct", "machine_iowait_pct"] {
+        let pct = &cpu[field];
+        let sane = pct.is_null() || pct.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p));
+        assert!(sane, "{field} in {cpu}");
+    }
     assert!(
         !dir.path().join("data").exists(),
         "the spawned cluster must not touch the config's data_dir"

@@ -271,9 +271,14 @@ impl PhaseReport {
                 .nodes_peak_rss_mib
                 .map(|mib| format!("; node peak memory {mib} MiB"))
                 .unwrap_or_default();
+            let machine = cpu
+                .machine_idle_pct
+                .zip(cpu.machine_iowait_pct)
+                .map(|(idle, iowait)| format!(" (machine {idle:.0}% idle, {iowait:.0}% waiting on disk)"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  cpu: client {:.1} µs/op{nodes}, {:.2} cores busy{rss}",
+                "  cpu: client {:.1} µs/op{nodes}, {:.2} cores busy{machine}{rss}",
                 cpu.client_us_per_op, cpu.cores
             );
         }
