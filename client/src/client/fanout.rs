@@ -289,29 +289,20 @@ impl Drop for Answers {
 }
 
 /// One target's encoded request (or why it could not be encoded).
-type ReplicaSend = (usize, Result<EncodedRequest<Request>, String>);
+pub(super) type ReplicaSend = (usize, Result<EncodedRequest<Request>, String>);
+
+/// `request` encoded once, for every one of `targets`.
+pub(super) fn same_to_all(targets: &[usize], request: &Request) -> Vec<ReplicaSend> {
+    let encoded = EncodedRequest::new(request).map_err(|e| e.to_string());
+    targets.iter().map(|&node| (node, encoded.clone())).collect()
+}
 
 impl Inner {
-    /// Starts sending `request` to every target; `finish` keeps the sends (and hints)
-    /// going after the caller stops listening.
+    /// Starts sending each target its encoded request (a write sends every target the
+    /// same one, see [`same_to_all`]; a read asks one replica for the record and the
+    /// others for its version); `request` is what a failed target's hint carries, and
+    /// `finish` keeps the sends (and hints) going after the caller stops listening.
     pub(super) fn fan_out(
-        self: &Arc<Self>,
-        targets: &[usize],
-        fallbacks: &[usize],
-        request: Request,
-        timeout: Duration,
-        hints: HintPolicy,
-        finish: bool,
-    ) -> Answers {
-        let encoded = EncodedRequest::new(&request).map_err(|e| e.to_string());
-        let sends = targets.iter().map(|&node| (node, encoded.clone())).collect();
-        self.fan_out_each(sends, fallbacks, request, timeout, hints, finish)
-    }
-
-    /// Starts sending each target its own encoded request (a read asks one replica for
-    /// the record and the others for its version); `request` is what a failed target's
-    /// hint carries.
-    pub(super) fn fan_out_each(
         self: &Arc<Self>,
         sends: Vec<ReplicaSend>,
         fallbacks: &[usize],

@@ -31,7 +31,7 @@ use crate::transport::{ConnectionPool, Destination, EncodedRequest};
 use crate::version::{HybridClock, Version};
 use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
-use fanout::{Background, Health, HintPolicy};
+use fanout::{same_to_all, Background, Health, HintPolicy};
 use repair::MAX_CONCURRENT_REPAIRS;
 
 pub use fanout::DOWN_BACKOFF;
@@ -280,9 +280,10 @@ impl Client {
             sloppy: options.sloppy,
         };
         // Every replica gets its copy, so the sends beyond `w` finish after we return.
+        let sends = same_to_all(&targets, &request);
         let answers = self
             .inner
-            .fan_out(&targets, &fallbacks, request, plan.timeout, hints, true);
+            .fan_out(sends, &fallbacks, request, plan.timeout, hints, true);
         let judge = move |r| write_answer(r, version);
         let result = self.inner.collect(answers, &targets, plan, hints, judge).await;
         if let Err(ClientError::Unavailable { failures, .. }) = &result {

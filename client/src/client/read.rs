@@ -112,7 +112,7 @@ impl Inner {
             enabled: false,
             sloppy: false,
         };
-        let answers = self.fan_out_each(sends, &[], get, plan.timeout, no_hints, false);
+        let answers = self.fan_out(sends, &[], get, plan.timeout, no_hints, false);
         let (mut answers, mut stragglers) = self.collect(answers, &targets, plan, no_hints, held_answer).await?;
 
         let newest = answers
