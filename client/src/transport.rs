@@ -366,8 +366,7 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
         if frame.len() > OWN_STREAM_THRESHOLD {
             return self.call_on_own_stream(frame).await;
         }
-        let lane = &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
-        lane.call(id, frame).await
+        self.next_lane().call(id, frame).await
     }
 
     /// Sends an already encoded request without waiting: its answer goes to `sink`
@@ -382,25 +381,14 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
         if request.frame.len() > OWN_STREAM_THRESHOLD {
             return Err(SinkSendError::UseCall);
         }
-        let lane = &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
-        // Registered before `closed` is read: a reader that stops afterwards finds the
-        // entry when it drains (and reports it lost); one that stopped before is seen here.
-        lock(&lane.pending).insert(request.id, Waiter::Sink(sink.clone(), tag));
-        let ticket = SinkTicket {
-            pending: lane.pending.clone(),
-            id: request.id,
-        };
-        if lane.closed.load(Ordering::Acquire) {
-            return Err(SinkSendError::Lost);
-        }
-        match lane.frames.try_send(request.frame.clone()) {
-            Ok(()) => {
-                self.traffic.count_sent(request.frame.len());
-                Ok(ticket)
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SinkSendError::UseCall),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkSendError::Lost),
-        }
+        let ticket = self.next_lane().send_to_sink(request, sink, tag)?;
+        self.traffic.count_sent(request.frame.len());
+        Ok(ticket)
+    }
+
+    /// The lane for the next request (round robin).
+    fn next_lane(&self) -> &Lane<A> {
+        &self.lanes[self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len()]
     }
 
     async fn call_on_own_stream(&self, frame: Bytes) -> Result<A, TransportError> {
@@ -427,6 +415,29 @@ impl<A: DeserializeOwned + Send + 'static> Lane<A> {
             frames,
             pending,
             closed,
+        }
+    }
+
+    fn send_to_sink<Q>(
+        &self,
+        request: &EncodedRequest<Q>,
+        sink: &Arc<AnswerSink<A>>,
+        tag: usize,
+    ) -> Result<SinkTicket<A>, SinkSendError> {
+        // Registered before `closed` is read: a reader that stops afterwards finds the
+        // entry when it drains (and reports it lost); one that stopped before is seen here.
+        lock(&self.pending).insert(request.id, Waiter::Sink(sink.clone(), tag));
+        let ticket = SinkTicket {
+            pending: self.pending.clone(),
+            id: request.id,
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SinkSendError::Lost);
+        }
+        match self.frames.try_send(request.frame.clone()) {
+            Ok(()) => Ok(ticket),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(SinkSendError::UseCall),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkSendError::Lost),
         }
     }
 

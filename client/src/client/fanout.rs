@@ -5,11 +5,11 @@
 //! and timer per replica another eighth of its instructions, so replicas with a live
 //! connection answer into one [`AnswerSink`] under one deadline. Write sends still
 //! running when the caller has its quorum finish in one background task, bounded by the
-//! request timeout. A write whose replica fails (or is known to be down) is handed to a fallback node as a hint
-//! when the cluster has hinted handoff on; hint acknowledgements count toward `w` only
-//! for sloppy writes. Replicas that time out or cannot be reached are remembered as down
-//! for [`DOWN_BACKOFF`], during which requests skip them (writes go straight to a
-//! fallback).
+//! request timeout. A write whose replica fails (or is known to be down) is handed to a
+//! fallback node as a hint when the cluster has hinted handoff on; hint acknowledgements
+//! count toward `w` only for sloppy writes. Replicas that time out or cannot be reached
+//! are remembered as down for [`DOWN_BACKOFF`], during which requests skip them (writes
+//! go straight to a fallback).
 
 use std::future::Future;
 use std::pin::Pin;
