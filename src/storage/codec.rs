@@ -7,6 +7,8 @@
 //! record key with their version and arrival time.
 
 use bytes::Bytes;
+use byteview::ByteView;
+use fjall::Slice;
 use quorumkv_client::ring::key_hash;
 use quorumkv_client::wire::Record;
 use quorumkv_client::Version;
@@ -27,16 +29,14 @@ pub const HASH_PREFIX: usize = 8;
 const HINT_SEPARATOR: u8 = 0;
 
 /// The storage key of `key`.
-pub fn record_key(key: &[u8]) -> Vec<u8> {
+pub fn record_key(key: &[u8]) -> Slice {
     hashed_record_key(key_hash(key), key)
 }
 
-/// The storage key of `key`, whose ring hash is `hash` (saves hashing it again).
-pub fn hashed_record_key(hash: u64, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HASH_PREFIX + key.len());
-    out.extend_from_slice(&hash.to_be_bytes());
-    out.extend_from_slice(key);
-    out
+/// The storage key of `key`, whose ring hash is `hash` (saves hashing it again). Built
+/// as fjall's own key type, so handing it to a write batch copies nothing.
+pub fn hashed_record_key(hash: u64, key: &[u8]) -> Slice {
+    Slice::from(ByteView::fused(&hash.to_be_bytes(), key))
 }
 
 /// Splits a storage key into the key hash and the user key.
@@ -49,15 +49,12 @@ pub fn split_record_key(stored: &[u8]) -> Result<(u64, &[u8]), StorageError> {
     Ok((u64::from_be_bytes(hash), &stored[HASH_PREFIX..]))
 }
 
-/// Stored form of a record: format marker, version, flag, value bytes.
-pub fn encode_record(record: &Record) -> Vec<u8> {
-    let value_len = record.value.as_ref().map_or(0, Bytes::len);
-    let mut out = Vec::with_capacity(HEADER + value_len);
-    out.extend_from_slice(&encode_header(record.version, record.is_tombstone()));
-    if let Some(value) = &record.value {
-        out.extend_from_slice(value);
-    }
-    out
+/// Stored form of a record: format marker, version, flag, value bytes. Built straight
+/// into fjall's value type: one allocation and one copy of the value, where going through
+/// a `Vec` took two of each (~9% of the storage writer's instructions).
+pub fn encode_record(record: &Record) -> Slice {
+    let header = encode_header(record.version, record.is_tombstone());
+    Slice::from(ByteView::fused(&header, record.value.as_deref().unwrap_or_default()))
 }
 
 /// The header of a stored record: format marker, version, flag.

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice};
 use futures_util::future::BoxFuture;
 use quorumkv_client::clock::Clock;
 use quorumkv_client::wire::{HeldVersion, Record};
@@ -385,7 +385,7 @@ impl Deliver for ReadAnswer {
 fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sender<ReadOp>, StorageError> {
     let (tx, mut rx) = mpsc::channel::<ReadOp>(READ_QUEUE);
     spawn_thread("storage-reader", move || {
-        let read = |(stored_key, op): (Vec<u8>, ReadOp)| {
+        let read = |(stored_key, op): (Slice, ReadOp)| {
             let stored = records.get(stored_key).map_err(fatal);
             let found = stored.and_then(|found| found.map(decode_record).transpose());
             ReadAnswer(op, found)
@@ -393,7 +393,7 @@ fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sen
         while let Some(batch) = next_batch(&mut rx, MAX_READ_BATCH) {
             // In key order, consecutive lookups share the upper levels of the memtable
             // skiplist and the same index blocks, which are then still in the CPU cache.
-            let mut keyed: Vec<(Vec<u8>, ReadOp)> = batch.into_iter().map(|op| (record_key(&op.key), op)).collect();
+            let mut keyed: Vec<(Slice, ReadOp)> = batch.into_iter().map(|op| (record_key(&op.key), op)).collect();
             keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             relay.send(keyed.into_iter().map(read).collect());
         }

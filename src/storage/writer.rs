@@ -221,16 +221,14 @@ impl Writer {
         let tombstone = record.is_tombstone();
         batch
             .batch
-            .insert(&self.records, stored_key.as_slice(), encode_record(record));
+            .insert(&self.records, stored_key.clone(), encode_record(record));
         if tombstone {
             let arrived = self.clock.now_micros();
-            batch.batch.insert(
-                &self.tombstones,
-                stored_key.as_slice(),
-                encode_tombstone(record.version, arrived),
-            );
+            batch
+                .batch
+                .insert(&self.tombstones, stored_key, encode_tombstone(record.version, arrived));
         } else if old.is_some_and(|(_, was_tombstone)| was_tombstone) {
-            batch.batch.remove(&self.tombstones, stored_key.as_slice());
+            batch.batch.remove(&self.tombstones, stored_key);
         }
         let mut delta = entry_hash(key, record.version, tombstone);
         if let Some((old_version, old_tombstone)) = old {
@@ -249,8 +247,8 @@ impl Writer {
         if self.record_state(id, &stored_key, batch)? != Some((version, true)) {
             return Ok(false);
         }
-        batch.batch.remove(&self.records, stored_key.as_slice());
-        batch.batch.remove(&self.tombstones, stored_key.as_slice());
+        batch.batch.remove(&self.records, stored_key.clone());
+        batch.batch.remove(&self.tombstones, stored_key);
         batch.deltas.push((id.hash, entry_hash(key, version, true)));
         batch.states.insert(id, None);
         Ok(true)
