@@ -259,14 +259,14 @@ impl<A> AnswerSink<A> {
     }
 }
 
-/// A request registered with an [`AnswerSink`]; dropping it stops waiting (the answer,
-/// if it still comes, is discarded).
-pub struct SinkTicket<A> {
+/// A request registered on a lane, for an [`AnswerSink`] or for one caller; dropping it
+/// stops waiting (timeout, drop: the answer, if it still comes, is discarded).
+pub struct Registration<A> {
     pending: Pending<A>,
     id: u64,
 }
 
-impl<A> Drop for SinkTicket<A> {
+impl<A> Drop for Registration<A> {
     fn drop(&mut self) {
         lock(&self.pending).remove(&self.id);
     }
@@ -377,7 +377,7 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
         request: &EncodedRequest<Q>,
         sink: &Arc<AnswerSink<A>>,
         tag: usize,
-    ) -> Result<SinkTicket<A>, SinkSendError> {
+    ) -> Result<Registration<A>, SinkSendError> {
         if request.frame.len() > OWN_STREAM_THRESHOLD {
             return Err(SinkSendError::UseCall);
         }
@@ -418,19 +418,24 @@ impl<A: DeserializeOwned + Send + 'static> Lane<A> {
         }
     }
 
+    /// Registers `waiter` for the answer to request `id` until the registration drops.
+    fn register(&self, id: u64, waiter: Waiter<A>) -> Registration<A> {
+        lock(&self.pending).insert(id, waiter);
+        Registration {
+            pending: self.pending.clone(),
+            id,
+        }
+    }
+
     fn send_to_sink<Q>(
         &self,
         request: &EncodedRequest<Q>,
         sink: &Arc<AnswerSink<A>>,
         tag: usize,
-    ) -> Result<SinkTicket<A>, SinkSendError> {
+    ) -> Result<Registration<A>, SinkSendError> {
         // Registered before `closed` is read: a reader that stops afterwards finds the
         // entry when it drains (and reports it lost); one that stopped before is seen here.
-        lock(&self.pending).insert(request.id, Waiter::Sink(sink.clone(), tag));
-        let ticket = SinkTicket {
-            pending: self.pending.clone(),
-            id: request.id,
-        };
+        let ticket = self.register(request.id, Waiter::Sink(sink.clone(), tag));
         if self.closed.load(Ordering::Acquire) {
             return Err(SinkSendError::Lost);
         }
@@ -443,28 +448,12 @@ impl<A: DeserializeOwned + Send + 'static> Lane<A> {
 
     async fn call(&self, id: u64, frame: Bytes) -> Result<A, TransportError> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, Waiter::One(tx));
-        let _forget = ForgetOnDrop {
-            pending: &self.pending,
-            id,
-        };
+        let _registered = self.register(id, Waiter::One(tx));
         if self.closed.load(Ordering::Relaxed) || self.frames.send(frame).await.is_err() {
             return Err(TransportError::Lost("stream closed".into()));
         }
         rx.await
             .map_err(|_| TransportError::Lost("stream closed before the answer".into()))
-    }
-}
-
-/// Removes a request from the pending map when its caller stops waiting (timeout, drop).
-struct ForgetOnDrop<'a, A> {
-    pending: &'a Pending<A>,
-    id: u64,
-}
-
-impl<A> Drop for ForgetOnDrop<'_, A> {
-    fn drop(&mut self) {
-        lock(self.pending).remove(&self.id);
     }
 }
 

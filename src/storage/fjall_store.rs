@@ -9,10 +9,11 @@
 //! at open). Writes go through the writer thread ([`super::writer`]), point reads through
 //! one reader thread, version-only reads are answered from the index on the caller's
 //! thread (the reader only while the index still loads), and scans (anti-entropy,
-//! hints, tombstones) run on blocking threads. At open a snapshot is taken before the writer starts, and a scan of it
-//! rebuilds the Merkle trees and the version index while the node already serves: live
-//! writes fold their deltas into the same trees, which is exact because XOR updates
-//! commute. In `periodic` mode a timer thread fsyncs every interval.
+//! hints, tombstones) run on blocking threads. At open a snapshot is taken before the
+//! writer starts, and a scan of it rebuilds the Merkle trees and the version index while
+//! the node already serves: live writes fold their deltas into the same trees, which is
+//! exact because XOR updates commute. In `periodic` mode a timer thread fsyncs every
+//! interval.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -164,14 +165,25 @@ impl FjallStorage {
         Ok(())
     }
 
+    /// Queues the operation `op` makes of a reply channel on `queue`, waiting for room,
+    /// and waits for its outcome.
+    async fn queue_waiting<Op, T>(
+        &self,
+        queue: &mpsc::Sender<Op>,
+        op: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Op,
+    ) -> Result<T, StorageError> {
+        self.check()?;
+        let (done, result) = oneshot::channel();
+        queue.send(op(done)).await.map_err(|_| StorageError::Closed)?;
+        result.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Queues a change for the writer thread and waits for its outcome.
     async fn write<T>(
         &self,
         op: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> WriteOp,
     ) -> Result<T, StorageError> {
-        self.check()?;
-        let (done, result) = oneshot::channel();
-        self.writes.send(op(done)).await.map_err(|_| StorageError::Closed)?;
-        result.await.map_err(|_| StorageError::Closed)?
+        self.queue_waiting(&self.writes, op).await
     }
 
     /// Queues the operation `op` makes of `parts` with `done` as its completion, if
@@ -220,16 +232,10 @@ impl Drop for FjallStorage {
 
 impl Storage for FjallStorage {
     fn get(&self, key: Bytes) -> BoxFuture<'_, Result<Option<Record>, StorageError>> {
-        Box::pin(async move {
-            self.check()?;
-            let (done, result) = oneshot::channel();
-            let done = Completion::Waiter(done);
-            self.reads
-                .send(ReadOp { key, done })
-                .await
-                .map_err(|_| StorageError::Closed)?;
-            result.await.map_err(|_| StorageError::Closed)?
-        })
+        Box::pin(self.queue_waiting(&self.reads, |done| ReadOp {
+            key,
+            done: Completion::Waiter(done),
+        }))
     }
 
     fn get_then(&self, key: Bytes, done: Callback<Option<Record>>) -> Result<(), Bytes> {

@@ -26,7 +26,7 @@ use super::Inner;
 use crate::error::{ClientError, FailureReason, ReplicaFailure};
 use crate::options::QuorumPlan;
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::transport::{AnswerSink, EncodedRequest, SinkSendError, SinkTicket};
+use crate::transport::{AnswerSink, EncodedRequest, Registration, SinkSendError};
 use crate::wire::{Request, Response};
 
 /// How long a replica that failed is skipped by writes (they go to a fallback instead).
@@ -164,7 +164,7 @@ pub struct Answers {
     /// Where the replicas sent without waiting deliver their answers.
     sink: Arc<AnswerSink<Response>>,
     /// Those replicas not answered yet, with their registrations.
-    waiting: Vec<(usize, SinkTicket<Response>)>,
+    waiting: Vec<(usize, Registration<Response>)>,
     /// When the replicas still in `waiting` count as timed out.
     deadline: Option<Pin<Box<Sleep>>>,
     /// The sends that wait their turn, and hints (`None` while there are none).
@@ -356,7 +356,7 @@ impl Inner {
         &self,
         send: ReplicaSend,
         sink: &Arc<AnswerSink<Response>>,
-    ) -> Result<SinkTicket<Response>, ReplicaSend> {
+    ) -> Result<Registration<Response>, ReplicaSend> {
         let (node, encoded) = &send;
         let (Ok(request), false) = (encoded, self.health.is_down(*node)) else {
             return Err(send);
