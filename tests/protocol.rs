@@ -314,11 +314,11 @@ async fn a_sink_gets_each_answer_once_and_hears_when_its_connection_closes() {
         EncodedRequest::new(&Request::Get { epoch, key }).unwrap()
     };
     let sink = AnswerSink::new();
-    let send = |tag| match mux.send_to_sink(&get(), &sink, tag) {
-        Ok(ticket) => ticket,
-        Err(_) => panic!("an idle connection takes request {tag}"),
+    let send = |tag| {
+        mux.send_to_sink(&get(), &sink, tag)
+            .unwrap_or_else(|| panic!("an idle connection takes request {tag}"))
     };
-    // A request whose ticket is dropped before the answer comes: its answer is discarded.
+    // A request whose registration is dropped before the answer comes: its answer is discarded.
     drop(send(1));
     let _answered = (send(2), send(3));
     let expected = Response::Record(Some(Record {

@@ -272,15 +272,6 @@ impl<A> Drop for Registration<A> {
     }
 }
 
-/// Why [`MuxConnection::send_to_sink`] did not send.
-pub enum SinkSendError {
-    /// The frame is too large for a lane, or the lane's queue is full: send it the
-    /// awaiting way ([`MuxConnection::call_encoded`]).
-    UseCall,
-    /// The connection's stream is closed (a new connection is dialled the awaiting way).
-    Lost,
-}
-
 /// Hashes request ids for the pending maps. The ids are our own sequence numbers, so a
 /// multiplicative hash spreads them well enough; SipHash (the default, made to resist
 /// chosen keys) was ~2% of the client's instructions.
@@ -370,20 +361,22 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
     }
 
     /// Sends an already encoded request without waiting: its answer goes to `sink`
-    /// under `tag`, unless the returned ticket is dropped first. Never waits: a frame
-    /// too large for a lane or a full lane queue is left to [`Self::call_encoded`].
+    /// under `tag`, unless the returned registration is dropped first. Never waits:
+    /// `None` when the frame is too large for a lane, the lane's queue is full or its
+    /// stream is closed; the caller then sends it the awaiting way
+    /// ([`Self::call_encoded`] through the pool, which also re-dials a closed stream).
     pub fn send_to_sink(
         &self,
         request: &EncodedRequest<Q>,
         sink: &Arc<AnswerSink<A>>,
         tag: usize,
-    ) -> Result<Registration<A>, SinkSendError> {
+    ) -> Option<Registration<A>> {
         if request.frame.len() > OWN_STREAM_THRESHOLD {
-            return Err(SinkSendError::UseCall);
+            return None;
         }
-        let ticket = self.next_lane().send_to_sink(request, sink, tag)?;
+        let registration = self.next_lane().send_to_sink(request, sink, tag)?;
         self.traffic.count_sent(request.frame.len());
-        Ok(ticket)
+        Some(registration)
     }
 
     /// The lane for the next request (round robin).
@@ -432,24 +425,21 @@ impl<A: DeserializeOwned + Send + 'static> Lane<A> {
         request: &EncodedRequest<Q>,
         sink: &Arc<AnswerSink<A>>,
         tag: usize,
-    ) -> Result<Registration<A>, SinkSendError> {
+    ) -> Option<Registration<A>> {
         // Registered before `closed` is read: a reader that stops afterwards finds the
         // entry when it drains (and reports it lost); one that stopped before is seen here.
-        let ticket = self.register(request.id, Waiter::Sink(sink.clone(), tag));
+        let registration = self.register(request.id, Waiter::Sink(sink.clone(), tag));
         if self.closed.load(Ordering::Acquire) {
-            return Err(SinkSendError::Lost);
+            return None;
         }
-        match self.frames.try_send(request.frame.clone()) {
-            Ok(()) => Ok(ticket),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SinkSendError::UseCall),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkSendError::Lost),
-        }
+        self.frames.try_send(request.frame.clone()).ok()?;
+        Some(registration)
     }
 
     async fn call(&self, id: u64, frame: Bytes) -> Result<A, TransportError> {
         let (tx, rx) = oneshot::channel();
         let _registered = self.register(id, Waiter::One(tx));
-        if self.closed.load(Ordering::Relaxed) || self.frames.send(frame).await.is_err() {
+        if self.closed.load(Ordering::Acquire) || self.frames.send(frame).await.is_err() {
             return Err(TransportError::Lost("stream closed".into()));
         }
         rx.await

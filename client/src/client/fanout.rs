@@ -26,7 +26,7 @@ use super::Inner;
 use crate::error::{ClientError, FailureReason, ReplicaFailure};
 use crate::options::QuorumPlan;
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::transport::{AnswerSink, EncodedRequest, Registration, SinkSendError};
+use crate::transport::{AnswerSink, EncodedRequest, Registration};
 use crate::wire::{Request, Response};
 
 /// How long a replica that failed is skipped by writes (they go to a fallback instead).
@@ -321,7 +321,7 @@ impl Inner {
                 targets.push(node);
             }
             match self.send_to_sink(send, &sink) {
-                Ok(ticket) => waiting.push((node, ticket)),
+                Ok(registration) => waiting.push((node, registration)),
                 Err(send) => {
                     let sending = self.clone().send_awaiting(send, timeout);
                     pending.get_or_insert_with(FuturesUnordered::new).push(sending);
@@ -364,11 +364,8 @@ impl Inner {
         let Some(connection) = self.nodes.live_connection(*node) else {
             return Err(send);
         };
-        match connection.send_to_sink(request, sink, *node) {
-            Ok(ticket) => Ok(ticket),
-            // A closed stream is re-dialled by the awaiting send.
-            Err(SinkSendError::UseCall | SinkSendError::Lost) => Err(send),
-        }
+        // Not sent (too large, full queue, closed stream): the awaiting send takes it.
+        connection.send_to_sink(request, sink, *node).ok_or(send)
     }
 
     /// Sends to a replica and waits for its answer, dialling if needed.
