@@ -86,9 +86,12 @@ impl NodeContext {
         let replicas = others
             .map(|&peer| {
                 let pair = self.agreement.pair(partition, peer);
+                // A pair that differed since it last agreed is not in agreement now (a
+                // replica wiped after agreeing must not be reported as agreeing).
+                let agreed_now = self.agreement.in_agreement(partition, peer);
                 ReplicaAgreement {
                     peer: self.ring.members()[peer].clone(),
-                    last_agreed_micros: pair.last_agreed_micros,
+                    last_agreed_micros: pair.last_agreed_micros.filter(|_| agreed_now),
                     keys_repaired: pair.keys_repaired,
                 }
             })

@@ -234,7 +234,7 @@ fn spawn_background(ctx: &Arc<NodeContext>, shutdown: &CancellationToken, tracke
     let ping_interval = Duration::from_millis(ctx.convergence.ping_interval_ms);
     let pings = ping_loop(
         ctx.detector.clone(),
-        ctx.peers.clone(),
+        vec![ctx.peers.clone(), ctx.anti_entropy_peers.clone()],
         ctx.me,
         ping_interval,
         shutdown.clone(),

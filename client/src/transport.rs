@@ -609,6 +609,16 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
         result
     }
 
+    /// Drops the cached connection to destination `index`, if any, so the next call dials
+    /// afresh. For a destination that stopped answering: a process restarted on the same
+    /// address never answers the old connection, which would otherwise linger until its
+    /// idle timeout.
+    pub fn forget(&self, index: usize) {
+        if let Some(conn) = self.slots.get(index).and_then(|slot| lock(&slot.conn).take()) {
+            conn.connection().close(0u32.into(), b"not answering");
+        }
+    }
+
     /// Closes every cached connection.
     pub async fn close_all(&self) {
         for slot in &self.slots {

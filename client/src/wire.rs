@@ -16,8 +16,11 @@ pub const ALPN: &[u8] = b"quorumkv/2";
 /// ALPN of the client protocol's version 1, which nodes still serve (its messages are a
 /// subset of version 2's, with the same encoding).
 pub const ALPN_V1: &[u8] = b"quorumkv/1";
-/// ALPN of the node-to-node protocol, version 1 (messages defined by the node).
-pub const PEER_ALPN: &[u8] = b"quorumkv-peer/1";
+/// ALPN of the node-to-node protocol, version 2 (messages defined by the node; version 2
+/// pages anti-entropy's leaf answers). Nodes speak only this version to each other, so
+/// during a rolling upgrade from a node version with `quorumkv-peer/1` the upgraded and
+/// the old nodes neither sync nor ping each other until all are upgraded.
+pub const PEER_ALPN: &[u8] = b"quorumkv-peer/2";
 
 /// Size of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
@@ -294,7 +297,8 @@ pub struct PartitionStatus {
 pub struct ReplicaAgreement {
     /// The other replica's node id.
     pub peer: String,
-    /// When the two trees last had equal roots (µs since the epoch), if ever.
+    /// When the two trees last had equal roots (µs since the epoch), if their last
+    /// comparison found them equal; `None` if they have never agreed or differ now.
     pub last_agreed_micros: Option<u64>,
     /// Keys repaired between the two by anti-entropy, in either direction.
     pub keys_repaired: u64,
@@ -303,7 +307,7 @@ pub struct ReplicaAgreement {
 /// Anti-entropy totals of one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AntiEntropyCounters {
-    /// Sync rounds this node started.
+    /// Syncs this node started (one per peer per `anti_entropy_interval`).
     pub rounds: u64,
     /// Records this node pulled from peers and applied (syncs only pull).
     pub records_pulled: u64,

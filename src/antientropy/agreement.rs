@@ -3,7 +3,11 @@
 //!
 //! Written by both sides of a sync (the node that starts it and the node that answers
 //! the roots), read by `status` and by tombstone purging, which may drop a tombstone only
-//! once every other replica agreed with this node after the tombstone arrived.
+//! once every other replica was confirmed to hold it, something newer, or nothing for its
+//! key, by a comparison that started after the tombstone arrived (see
+//! [`crate::tombstones`]). Besides whole partitions (equal roots), that confirmation is
+//! kept per Merkle leaf, so a busy partition whose roots rarely match still lets its
+//! tombstones go.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +20,9 @@ use quorumkv_client::wire::AntiEntropyCounters;
 pub struct PairState {
     /// When the two trees last had equal roots (µs, node clock).
     pub last_agreed_micros: Option<u64>,
+    /// When a comparison last found the roots different (µs, node clock): the pair is
+    /// in agreement now only if it agreed after that.
+    pub last_differed_micros: Option<u64>,
     /// Keys repaired between the two, either direction.
     pub keys_repaired: u64,
 }
@@ -24,6 +31,10 @@ pub struct PairState {
 #[derive(Default)]
 pub struct Agreement {
     pairs: Mutex<HashMap<(u32, usize), PairState>>,
+    /// Per (partition, peer): for each leaf, when a comparison that started then found
+    /// that the peer holds, for every tombstone of this node in the leaf, that tombstone,
+    /// something newer or nothing (µs, node clock; 0: never). Grown on demand.
+    leaves: Mutex<HashMap<(u32, usize), Vec<u64>>>,
     rounds: AtomicU64,
     records_pulled: AtomicU64,
     /// Hints refused because the owner's hint store was full.
@@ -38,6 +49,47 @@ impl Agreement {
         state.last_agreed_micros = Some(state.last_agreed_micros.map_or(now, |t| t.max(now)));
     }
 
+    /// Partition `partition` was found different on this node and `peer` at `now`.
+    pub fn differed(&self, partition: u32, peer: usize, now: u64) {
+        let mut pairs = self.lock();
+        let state = pairs.entry((partition, peer)).or_default();
+        state.last_differed_micros = Some(state.last_differed_micros.map_or(now, |t| t.max(now)));
+    }
+
+    /// A comparison of `leaves` of `partition` with `peer`, started at `at`, confirmed
+    /// every tombstone this node holds there (see the module doc).
+    pub fn leaves_confirmed(&self, partition: u32, peer: usize, leaves: impl IntoIterator<Item = u32>, at: u64) {
+        let mut all = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
+        let times = all.entry((partition, peer)).or_default();
+        for leaf in leaves {
+            let leaf = leaf as usize;
+            if times.len() <= leaf {
+                times.resize(leaf + 1, 0);
+            }
+            times[leaf] = times[leaf].max(at);
+        }
+    }
+
+    /// The latest time at which `peer` was confirmed to hold, for every tombstone of
+    /// this node in `leaf` of `partition`, that tombstone, something newer or nothing:
+    /// through equal roots or through a comparison of that leaf.
+    pub fn confirmed(&self, partition: u32, peer: usize, leaf: u32) -> Option<u64> {
+        let by_root = self.pair(partition, peer).last_agreed_micros;
+        let all = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
+        let by_leaf = all
+            .get(&(partition, peer))
+            .and_then(|times| times.get(leaf as usize))
+            .copied()
+            .filter(|t| *t > 0);
+        by_root.max(by_leaf)
+    }
+
+    /// Whether the pair's last comparison found equal roots.
+    pub fn in_agreement(&self, partition: u32, peer: usize) -> bool {
+        let pair = self.pair(partition, peer);
+        pair.last_agreed_micros > pair.last_differed_micros
+    }
+
     /// `keys` keys of `partition` were repaired between this node and `peer`.
     pub fn repaired(&self, partition: u32, peer: usize, keys: u64) {
         self.lock().entry((partition, peer)).or_default().keys_repaired += keys;
@@ -48,7 +100,7 @@ impl Agreement {
         self.lock().get(&(partition, peer)).copied().unwrap_or_default()
     }
 
-    /// Counts one sync round started by this node.
+    /// Counts one sync with one peer started by this node.
     pub fn round(&self) {
         self.rounds.fetch_add(1, Ordering::Relaxed);
     }

@@ -1,4 +1,5 @@
-//! Which records a node pulls from a peer, given both key/version lists of a leaf.
+//! Which records a node pulls from a peer, given both key/version lists of a leaf, and
+//! whether those lists confirm this node's tombstones there (for purging).
 //! Pure: the grace rule for tombstones takes the current time as a parameter.
 
 use std::collections::HashMap;
@@ -23,6 +24,18 @@ pub fn pulls(mine: &[Entry], theirs: &[Entry], now_micros: u64, grace_micros: u6
         }
     }
     out
+}
+
+/// Whether, for every tombstone in `mine`, `theirs` holds that version, a newer one, or
+/// nothing for the key. Nothing counts: the peer purged it or never had the key, and in
+/// either case it cannot hand an older value back (see [`crate::tombstones`]).
+pub fn confirms_tombstones(mine: &[Entry], theirs: &[Entry]) -> bool {
+    let their_versions: HashMap<&Bytes, &Entry> = theirs.iter().map(|e| (&e.key, e)).collect();
+    mine.iter().filter(|e| e.tombstone).all(|mine| {
+        their_versions
+            .get(&mine.key)
+            .is_none_or(|theirs| theirs.version >= mine.version)
+    })
 }
 
 #[cfg(test)]
@@ -77,5 +90,22 @@ mod tests {
             ["gone"],
             "an old tombstone still beats an older value"
         );
+    }
+
+    #[test]
+    fn tombstones_are_confirmed_by_the_same_a_newer_or_no_entry_only() {
+        let mine = [e("gone", 10, true), e("live", 3, false)];
+        assert!(confirms_tombstones(&mine, &[e("gone", 10, true)]));
+        assert!(confirms_tombstones(&mine, &[e("gone", 11, false)]), "newer");
+        assert!(confirms_tombstones(&mine, &[]), "purged or never had it");
+        assert!(
+            confirms_tombstones(&mine, &[e("gone", 10, true), e("live", 1, false)]),
+            "values are not this check's business"
+        );
+        assert!(
+            !confirms_tombstones(&mine, &[e("gone", 9, false)]),
+            "an older value could come back"
+        );
+        assert!(!confirms_tombstones(&mine, &[e("gone", 9, true)]));
     }
 }

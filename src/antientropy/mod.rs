@@ -1,13 +1,22 @@
 //! Merkle-tree anti-entropy: replicas find and repair their differences in the background.
 //!
 //! Every `anti_entropy_interval` (plus up to a quarter of jitter) a node compares, with
-//! every peer that is up, the partitions both replicate. One sync with one peer:
+//! each peer that is up, the partitions both replicate; each peer has its own schedule,
+//! so a peer that stops answering delays no other. One sync with one peer:
 //! 1. send the roots of all shared partitions; the peer answers with its inner-node
 //!    hashes of the partitions whose roots differ (one round trip when in agreement);
 //! 2. send our leaf hashes under the inner nodes that differ; the peer answers with its
-//!    key/version lists of the leaves that differ;
-//! 3. compare the lists ([`compare::pulls`]) and pull the peer's newer records in batches
-//!    of at most [`crate::peer::EXCHANGE_BYTES`], each applied as one group commit.
+//!    key/version lists of the leaves that differ, in pages of at most
+//!    [`crate::peer::ENTRIES_BYTES`] (a leaf too large for one answer is continued in the
+//!    next), so no message grows with the data size or key length;
+//! 3. after each answer, compare the lists ([`compare::pulls`]) and pull the peer's newer
+//!    records in batches of at most [`crate::peer::EXCHANGE_BYTES`], each applied as one
+//!    group commit; then ask for the next leaves.
+//!
+//! Roots go [`ROOTS_PER_REQUEST`] partitions at a time for the same reason. Each
+//! comparison also records, per leaf, whether the peer confirmed this node's tombstones
+//! there ([`compare::confirms_tombstones`]), which tombstone purging relies on. A sync
+//! that fails is logged at WARN with the peer and the reason, and retried next time.
 //!
 //! A sync only pulls: the peer's own syncs pull what it lacks from us. (Pushing as well
 //! made a node that missed writes receive every record once from each other replica.)
@@ -18,7 +27,7 @@
 mod agreement;
 pub mod compare;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 pub use agreement::Agreement;
 
 use crate::context::NodeContext;
-use crate::merkle::differing;
-use crate::peer::{KeyedRecord, PeerRequest, PeerResponse};
+use crate::merkle::{differing, INNER};
+use crate::peer::{KeyedRecord, LeafProbe, PeerRequest, PeerResponse, LEAVES_PER_REQUEST, ROOTS_PER_REQUEST};
 use crate::storage::StorageError;
 
 /// Longest wait for one anti-entropy request.
@@ -98,94 +107,161 @@ impl AntiEntropy {
         }
     }
 
-    /// Runs rounds until `shutdown`.
+    /// Syncs with every peer until `shutdown`, each peer on its own schedule: a peer that
+    /// stopped answering (and is not marked down yet) holds up only its own syncs, never
+    /// those with the others.
     pub async fn run(self, shutdown: CancellationToken) {
+        let peers = (0..self.ctx.ring.members().len()).filter(|p| *p != self.ctx.me);
+        let loops = peers.map(|peer| self.peer_loop(peer, &shutdown));
+        futures_util::future::join_all(loops).await;
+    }
+
+    /// Every `anti_entropy_interval` (plus jitter), a sync with `peer` if it is up.
+    async fn peer_loop(&self, peer: usize, shutdown: &CancellationToken) {
         let interval = Duration::from_millis(self.ctx.convergence.anti_entropy_interval_ms);
+        let shared: Vec<u32> = self
+            .ctx
+            .my_partitions()
+            .into_iter()
+            .filter(|p| self.ctx.ring.replicas(*p).contains(&peer))
+            .collect();
+        let seed = (self.ctx.me as u64) << 32 | peer as u64;
         loop {
-            let wait = interval + jitter(interval / 4, self.ctx.clock.now_micros() ^ self.ctx.me as u64);
+            let wait = interval + jitter(interval / 4, self.ctx.clock.now_micros() ^ seed);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
+            if !self.ctx.storage.forest().is_ready() || !self.ctx.detector.is_up(peer) {
+                continue;
+            }
+            self.ctx.agreement.round();
             tokio::select! {
-                _ = self.round() => {}
+                synced = self.sync(peer, &shared) => if let Err(e) = synced {
+                    tracing::warn!("anti-entropy with {} failed: {e}", self.ctx.ring.members()[peer]);
+                },
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// One round: a sync with every peer that is up.
-    pub async fn round(&self) {
-        if !self.ctx.storage.forest().is_ready() {
-            return;
+    /// Compares `partitions` with `peer`, [`ROOTS_PER_REQUEST`] at a time.
+    async fn sync(&self, peer: usize, partitions: &[u32]) -> Result<(), SyncError> {
+        for chunk in partitions.chunks(ROOTS_PER_REQUEST) {
+            self.sync_partitions(peer, chunk).await?;
         }
-        self.ctx.agreement.round();
-        let mine = self.ctx.my_partitions();
-        for peer in (0..self.ctx.ring.members().len()).filter(|p| *p != self.ctx.me) {
-            if !self.ctx.detector.is_up(peer) {
-                continue;
-            }
-            let shared: Vec<u32> = mine
-                .iter()
-                .copied()
-                .filter(|p| self.ctx.ring.replicas(*p).contains(&peer))
-                .collect();
-            if let Err(e) = self.sync(peer, &shared).await {
-                tracing::debug!("anti-entropy with {}: {e}", self.ctx.ring.members()[peer]);
-            }
-        }
+        Ok(())
     }
 
-    async fn sync(&self, peer: usize, partitions: &[u32]) -> Result<(), SyncError> {
-        if partitions.is_empty() {
-            return Ok(());
-        }
+    async fn sync_partitions(&self, peer: usize, partitions: &[u32]) -> Result<(), SyncError> {
         let forest = self.ctx.storage.forest();
         let roots = partitions.iter().map(|p| (*p, forest.root(*p))).collect();
         let request = PeerRequest::Roots {
             from: self.ctx.id.clone(),
             roots,
         };
+        let asked = self.ctx.clock.now_micros();
         let differ = match self.call(peer, request).await? {
             PeerResponse::Inner { partitions } => partitions,
             PeerResponse::NotReady => return Ok(()),
             other => return Err(SyncError::Unexpected(format!("{other:?}"))),
         };
-        let now = self.ctx.clock.now_micros();
         for p in partitions.iter().filter(|p| !differ.iter().any(|(d, _)| d == *p)) {
-            self.ctx.agreement.agreed(*p, peer, now);
+            self.ctx.agreement.agreed(*p, peer, asked);
         }
-        let mut leaves = Vec::new();
-        for (partition, theirs) in differ {
+        let shape = forest.shape();
+        let mut probes = Vec::new();
+        for (partition, theirs) in differ.into_iter().filter(|(p, _)| partitions.contains(p)) {
+            self.ctx.agreement.differed(partition, peer, asked);
             let inner = differing(&forest.inner(partition), &theirs);
-            let under = forest.leaves_under(partition, &inner);
-            leaves.extend(under.into_iter().map(|(leaf, hash)| (partition, leaf, hash)));
+            let equal_inner = (0..INNER).filter(|i| !inner.contains(i));
+            let equal_leaves =
+                equal_inner.flat_map(|i| i * shape.leaves_per_inner()..(i + 1) * shape.leaves_per_inner());
+            self.ctx
+                .agreement
+                .leaves_confirmed(partition, peer, equal_leaves.map(|l| l as u32), asked);
+            for (leaf, hash) in forest.leaves_under(partition, &inner) {
+                let (from, _) = shape.leaf_range(partition, leaf as usize);
+                probes.push(LeafProbe {
+                    partition,
+                    leaf,
+                    hash,
+                    from,
+                });
+            }
         }
-        if leaves.is_empty() {
-            return Ok(());
-        }
-        let pulls = self.plan_moves(peer, leaves).await?;
-        self.transfer(peer, pulls).await
+        self.compare_leaves(peer, probes).await
     }
 
-    /// Compares our entries of every differing leaf with the peer's.
-    /// Keys the peer holds newer (or we lack), with their partitions.
-    async fn plan_moves(&self, peer: usize, leaves: Vec<(u32, u32, u64)>) -> Result<Vec<(u32, Bytes)>, SyncError> {
-        let theirs = match self.call(peer, PeerRequest::Leaves { leaves }).await? {
-            PeerResponse::Entries { leaves } => leaves,
-            other => return Err(SyncError::Unexpected(format!("{other:?}"))),
-        };
+    /// Asks the peer for its entries of the probed leaves, [`LEAVES_PER_REQUEST`] at a
+    /// time and in pages it bounds, and pulls what it holds newer after each answer, so
+    /// neither a message nor this node's memory grows with the data.
+    async fn compare_leaves(&self, peer: usize, probes: Vec<LeafProbe>) -> Result<(), SyncError> {
         let shape = self.ctx.storage.forest().shape();
-        let now = self.ctx.clock.now_micros();
         let grace = self.ctx.tombstone_grace().as_micros() as u64;
-        let mut pulls = Vec::new();
-        for (partition, leaf, their_entries) in theirs {
-            let (start, end) = shape.leaf_range(partition, leaf as usize);
-            let mine = self.ctx.storage.entries(start, end).await?;
-            let wanted = compare::pulls(&mine, &their_entries, now, grace);
-            pulls.extend(wanted.into_iter().map(|k| (partition, k)));
+        let mut queue: VecDeque<LeafProbe> = probes.into();
+        while !queue.is_empty() {
+            let batch: Vec<LeafProbe> = queue.drain(..queue.len().min(LEAVES_PER_REQUEST)).collect();
+            let asked = self.ctx.clock.now_micros();
+            let (pages, unserved) = match self.call(peer, PeerRequest::Leaves { leaves: batch.clone() }).await? {
+                PeerResponse::Entries { leaves, unserved } => (leaves, unserved),
+                other => return Err(SyncError::Unexpected(format!("{other:?}"))),
+            };
+            let answered = |probe: &LeafProbe| {
+                pages
+                    .iter()
+                    .any(|p| (p.partition, p.leaf) == (probe.partition, probe.leaf))
+                    || unserved
+                        .iter()
+                        .any(|u| (u.partition, u.leaf) == (probe.partition, probe.leaf))
+            };
+            if pages.is_empty() && unserved.len() >= batch.len() {
+                return Err(SyncError::Unexpected(
+                    "an answer to leaf probes that served none".into(),
+                ));
+            }
+            // Probes neither served nor left for later were equal on the peer.
+            let equal = batch.iter().filter(|probe| !answered(probe));
+            for probe in equal.filter(|probe| probe.from == shape.leaf_range(probe.partition, probe.leaf as usize).0) {
+                self.ctx
+                    .agreement
+                    .leaves_confirmed(probe.partition, peer, [probe.leaf], asked);
+            }
+            for probe in unserved.into_iter().rev() {
+                queue.push_front(probe);
+            }
+            let now = self.ctx.clock.now_micros();
+            let mut pulls = Vec::new();
+            for page in pages {
+                let asked_for = batch
+                    .iter()
+                    .any(|b| (b.partition, b.leaf, b.from) == (page.partition, page.leaf, page.from));
+                let (start, end) = shape.leaf_range(page.partition, page.leaf as usize);
+                if !asked_for || page.through < page.from || page.through > end {
+                    return Err(SyncError::Unexpected(format!(
+                        "a page of leaf {} of partition {} that was not asked for",
+                        page.leaf, page.partition
+                    )));
+                }
+                let mine = self
+                    .ctx
+                    .storage
+                    .entries(page.from, page.through, usize::MAX)
+                    .await?
+                    .entries;
+                // Only a leaf compared in one page confirms tombstones: the pages of a
+                // larger leaf are answered at different times.
+                if (page.from, page.through) == (start, end) && compare::confirms_tombstones(&mine, &page.entries) {
+                    self.ctx
+                        .agreement
+                        .leaves_confirmed(page.partition, peer, [page.leaf], asked);
+                }
+                let wanted = compare::pulls(&mine, &page.entries, now, grace);
+                pulls.extend(wanted.into_iter().map(|k| (page.partition, k)));
+            }
+            self.transfer(peer, pulls).await?;
         }
-        Ok(pulls)
+        Ok(())
     }
 
     /// Pulls the peer's newer records in budgeted batches and applies each batch at once

@@ -85,10 +85,13 @@ impl FailureDetector {
     }
 }
 
-/// Pings every other member each `interval` until `shutdown`.
+/// Pings every other member each `interval` through the first of `pools` until
+/// `shutdown`. While a peer is down, every missed ping drops its connections in all
+/// `pools`, so the next ping dials afresh and a peer restarted on the same address is seen
+/// up at its first answer (instead of after the dead connection's idle timeout).
 pub async fn ping_loop(
     detector: Arc<FailureDetector>,
-    pool: Arc<PeerPool>,
+    pools: Vec<Arc<PeerPool>>,
     me: usize,
     interval: Duration,
     shutdown: CancellationToken,
@@ -101,6 +104,7 @@ pub async fn ping_loop(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
+        let Some(pool) = pools.first() else { return };
         let pings = peers.iter().map(|&peer| {
             let pool = pool.clone();
             async move {
@@ -111,6 +115,9 @@ pub async fn ping_loop(
         });
         for (peer, answered) in futures_util::future::join_all(pings).await {
             detector.record(peer, answered);
+            if !detector.is_up(peer) {
+                pools.iter().for_each(|pool| pool.forget(peer));
+            }
         }
     }
 }

@@ -22,6 +22,17 @@ pub use service::PeerService;
 
 /// Most record bytes in one anti-entropy or hint-delivery exchange (larger values go alone).
 pub const EXCHANGE_BYTES: usize = 4 << 20;
+/// Most key/version entry bytes in one [`PeerResponse::Entries`]: a leaf with more is sent
+/// in pages, so the answer stays bounded whatever the data size and key length.
+pub const ENTRIES_BYTES: usize = 1 << 20;
+/// Most partitions in one [`PeerRequest::Roots`]: its answer carries up to [`INNER`]
+/// hashes per partition (~300 bytes), so 1,024 keep both under ~400 KiB for any
+/// partition count.
+///
+/// [`INNER`]: crate::merkle::INNER
+pub const ROOTS_PER_REQUEST: usize = 1024;
+/// Most leaves in one [`PeerRequest::Leaves`] (~24 bytes each encoded).
+pub const LEAVES_PER_REQUEST: usize = 4096;
 
 /// A key with its record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +41,36 @@ pub struct KeyedRecord {
     pub key: Bytes,
     /// Its record.
     pub record: Record,
+}
+
+/// One leaf to compare: its hash on the sender's side, and where in its key-hash range to
+/// start (the leaf's first hash, or where the previous page of it stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafProbe {
+    /// The partition.
+    pub partition: u32,
+    /// The leaf within the partition.
+    pub leaf: u32,
+    /// The sender's hash of the whole leaf.
+    pub hash: Hash,
+    /// First key hash wanted.
+    pub from: u64,
+}
+
+/// One page of a leaf's entries: every key with a hash in `[from, through]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafEntries {
+    /// The partition.
+    pub partition: u32,
+    /// The leaf within the partition.
+    pub leaf: u32,
+    /// First key hash covered.
+    pub from: u64,
+    /// Last key hash covered (the leaf's last hash unless the leaf continues in a later
+    /// page).
+    pub through: u64,
+    /// The keys in that range, with versions, in hash order.
+    pub entries: Vec<Entry>,
 }
 
 /// A request from one node to another.
@@ -46,10 +87,11 @@ pub enum PeerRequest {
         roots: Vec<(u32, Hash)>,
     },
     /// Anti-entropy step 2: the sender's leaf hashes under inner nodes that differ; the
-    /// receiver answers with its key/version lists of the leaves that differ.
+    /// receiver answers with its key/version lists of the leaves that differ, in pages of
+    /// at most [`ENTRIES_BYTES`].
     Leaves {
-        /// `(partition, leaf, leaf hash)`.
-        leaves: Vec<(u32, u32, Hash)>,
+        /// The leaves to compare, in order.
+        leaves: Vec<LeafProbe>,
     },
     /// Anti-entropy step 3 and hint delivery: apply `push` (each only if newer), and send
     /// back the records of the keys in `pull`.
@@ -74,10 +116,14 @@ pub enum PeerResponse {
         /// `(partition, inner-node hashes)`.
         partitions: Vec<(u32, Vec<Hash>)>,
     },
-    /// Answer to `Leaves`: the entries of every leaf that differs.
+    /// Answer to `Leaves`: the entries of the leaves that differ, as far as
+    /// [`ENTRIES_BYTES`] allowed; probes it did not reach come back in `unserved`.
     Entries {
-        /// `(partition, leaf, entries)`.
-        leaves: Vec<(u32, u32, Vec<Entry>)>,
+        /// Pages of the differing leaves, in the order they were asked for.
+        leaves: Vec<LeafEntries>,
+        /// Probes not answered yet (the first may be the rest of a leaf cut short): ask
+        /// again. Probes absent from both lists were equal.
+        unserved: Vec<LeafProbe>,
     },
     /// Answer to `Exchange`.
     Exchanged {

@@ -7,11 +7,11 @@ use futures_util::future::join_all;
 use quorumkv_client::clock::Clock;
 use quorumkv_client::ring::Ring;
 
-use super::{KeyedRecord, PeerRequest, PeerResponse, EXCHANGE_BYTES};
+use super::{KeyedRecord, LeafEntries, LeafProbe, PeerRequest, PeerResponse, ENTRIES_BYTES, EXCHANGE_BYTES};
 use crate::antientropy::Agreement;
 use crate::merkle::Hash;
 use crate::server::Handler;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Entry, Storage, StorageError};
 
 /// Reads of pulled keys in flight at once.
 const READ_CONCURRENCY: usize = 64;
@@ -46,6 +46,9 @@ impl PeerService {
         for (partition, theirs) in roots.into_iter().filter(|(p, _)| *p < self.ring.partitions()) {
             if forest.root(partition) != theirs {
                 partitions.push((partition, forest.inner(partition).to_vec()));
+                if let Some(peer) = peer {
+                    self.agreement.differed(partition, peer, now);
+                }
             } else if let Some(peer) = peer {
                 self.agreement.agreed(partition, peer, now);
             }
@@ -53,19 +56,52 @@ impl PeerService {
         PeerResponse::Inner { partitions }
     }
 
-    async fn leaves(&self, leaves: Vec<(u32, u32, Hash)>) -> Result<PeerResponse, StorageError> {
+    /// Answers leaf probes in order, with the entries of each leaf that differs, until
+    /// the answer holds [`ENTRIES_BYTES`] of entries; the probes not reached (starting
+    /// with the rest of a leaf cut short) go back as `unserved`.
+    async fn leaves(&self, probes: Vec<LeafProbe>) -> Result<PeerResponse, StorageError> {
         let forest = self.storage.forest();
         let shape = forest.shape();
-        let mut out = Vec::new();
-        for (partition, leaf, theirs) in leaves {
-            let valid = partition < self.ring.partitions() && (leaf as usize) < shape.leaves();
-            if !valid || forest.leaf(partition, leaf as usize) == theirs {
+        let (mut leaves, mut unserved, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for (i, probe) in probes.iter().enumerate() {
+            if bytes >= ENTRIES_BYTES {
+                unserved.extend_from_slice(&probes[i..]);
+                break;
+            }
+            let LeafProbe {
+                partition,
+                leaf,
+                hash,
+                from,
+            } = *probe;
+            if partition >= self.ring.partitions() || leaf as usize >= shape.leaves() {
                 continue;
             }
             let (start, end) = shape.leaf_range(partition, leaf as usize);
-            out.push((partition, leaf, self.storage.entries(start, end).await?));
+            let whole_leaf_equal = from == start && forest.leaf(partition, leaf as usize) == hash;
+            if whole_leaf_equal || !(start..=end).contains(&from) {
+                continue;
+            }
+            let page = self.storage.entries(from, end, ENTRIES_BYTES - bytes).await?;
+            bytes += page.entries.iter().map(Entry::size).sum::<usize>();
+            let through = page.through;
+            leaves.push(LeafEntries {
+                partition,
+                leaf,
+                from,
+                through,
+                entries: page.entries,
+            });
+            if through < end {
+                unserved.push(LeafProbe {
+                    from: through + 1,
+                    ..*probe
+                });
+                unserved.extend_from_slice(&probes[i + 1..]);
+                break;
+            }
         }
-        Ok(PeerResponse::Entries { leaves: out })
+        Ok(PeerResponse::Entries { leaves, unserved })
     }
 
     async fn exchange(&self, push: Vec<KeyedRecord>, pull: Vec<Bytes>) -> Result<PeerResponse, StorageError> {

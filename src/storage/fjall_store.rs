@@ -36,7 +36,9 @@ use super::codec::{
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
-use super::{next_batch, Applied, Callback, Completion, Entry, Forest, HintStored, Storage, StorageError, Tombstone};
+use super::{
+    next_batch, Applied, Callback, Completion, Entry, EntryPage, Forest, HintStored, Storage, StorageError, Tombstone,
+};
 use crate::config::DurabilityMode;
 use crate::merkle::entry_hash;
 
@@ -267,7 +269,7 @@ impl Storage for FjallStorage {
         })
     }
 
-    fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
+    fn entries(&self, start: u64, end: u64, max_bytes: usize) -> BoxFuture<'_, Result<EntryPage, StorageError>> {
         let records = self.records.clone();
         Box::pin(self.blocking(move || {
             let upper = match end.checked_add(1) {
@@ -275,18 +277,21 @@ impl Storage for FjallStorage {
                 None => Bound::Unbounded,
             };
             let range = (Bound::Included(start.to_be_bytes().to_vec()), upper);
-            let mut out = Vec::new();
+            let mut page = EntryPage::new(end);
             for guard in records.range::<Vec<u8>, _>(range) {
                 let (stored_key, value) = guard.into_inner().map_err(fatal)?;
-                let (_, key) = split_record_key(&stored_key)?;
+                let (hash, key) = split_record_key(&stored_key)?;
                 let (version, tombstone) = decode_header(&value)?;
-                out.push(Entry {
+                let entry = Entry {
                     key: Bytes::copy_from_slice(key),
                     version,
                     tombstone,
-                });
+                };
+                if !page.push(hash, entry, max_bytes) {
+                    break;
+                }
             }
-            Ok(out)
+            Ok(page)
         }))
     }
 
@@ -332,11 +337,15 @@ impl Storage for FjallStorage {
         self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn tombstones(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>> {
+    fn tombstones(&self, after: Option<Bytes>, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>> {
         let tombstones = self.tombstones.clone();
         Box::pin(self.blocking(move || {
+            let start = match &after {
+                Some(key) => Bound::Excluded(record_key(key).to_vec()),
+                None => Bound::Unbounded,
+            };
             let mut out = Vec::new();
-            for guard in tombstones.iter().take(limit) {
+            for guard in tombstones.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
                 let (stored_key, value) = guard.into_inner().map_err(fatal)?;
                 let (_, key) = split_record_key(&stored_key)?;
                 let (version, arrived_micros) = decode_tombstone(&value)?;
@@ -542,14 +551,14 @@ mod tests {
         assert!(store.apply(key.clone(), record(11, None)).await.unwrap().applied);
         assert_eq!(store.get(key.clone()).await.unwrap(), Some(record(11, None)));
         assert_eq!(store.get(Bytes::from_static(b"none")).await.unwrap(), None);
-        let tombstones = store.tombstones(10).await.unwrap();
+        let tombstones = store.tombstones(None, 10).await.unwrap();
         assert_eq!(tombstones.len(), 1);
         assert!(store
             .purge(key.clone(), Version { micros: 11, writer: 1 })
             .await
             .unwrap());
         assert_eq!(store.get(key).await.unwrap(), None);
-        assert!(store.tombstones(10).await.unwrap().is_empty());
+        assert!(store.tombstones(None, 10).await.unwrap().is_empty());
     }
 
     /// What `version` says must be what `get` returns, without the value.
@@ -764,12 +773,48 @@ mod tests {
         for p in 0..256 {
             let (start, _) = shape.leaf_range(p, 0);
             let (_, end) = shape.leaf_range(p, shape.leaves() - 1);
-            for entry in store.entries(start, end).await.unwrap() {
+            for entry in store.entries(start, end, usize::MAX).await.unwrap().entries {
                 assert_eq!(shape.partition(key_hash(&entry.key)), p);
                 seen += 1;
             }
         }
         assert_eq!(seen, 300);
+    }
+
+    #[tokio::test]
+    async fn entries_come_in_bounded_pages_that_together_cover_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..300u64 {
+            let key = Bytes::from(format!("key{i}-{}", "x".repeat(i as usize % 40)));
+            store.apply(key, record(1, Some(b"v"))).await.unwrap();
+        }
+        let whole = store.entries(0, u64::MAX, usize::MAX).await.unwrap();
+        assert_eq!((whole.entries.len(), whole.through), (300, u64::MAX));
+
+        let max_bytes = 200;
+        let (mut from, mut paged, mut pages) = (0u64, Vec::new(), 0);
+        loop {
+            let page = store.entries(from, u64::MAX, max_bytes).await.unwrap();
+            pages += 1;
+            let bytes: usize = page.entries.iter().map(Entry::size).sum();
+            let last = page.entries.last().map(Entry::size).unwrap_or(0);
+            assert!(
+                bytes < max_bytes + last,
+                "a page stops at the first entry past its budget"
+            );
+            for entry in &page.entries {
+                let hash = key_hash(&entry.key);
+                assert!((from..=page.through).contains(&hash), "entries lie in the page's range");
+            }
+            paged.extend(page.entries);
+            if page.through == u64::MAX {
+                break;
+            }
+            from = page.through + 1;
+        }
+        assert!(pages > 10, "{pages} pages");
+        assert_eq!(paged, whole.entries, "the pages add up to the whole range, in order");
     }
 
     #[tokio::test]

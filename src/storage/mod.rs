@@ -66,6 +66,56 @@ pub struct Entry {
     pub tombstone: bool,
 }
 
+impl Entry {
+    /// Approximate encoded size: the key plus a version and a flag.
+    pub fn size(&self) -> usize {
+        self.key.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// Bytes an entry adds to a message besides its key (version, flag, framing).
+const ENTRY_OVERHEAD: usize = 24;
+
+/// The entries of a hash range, possibly cut short so that a message carrying them stays
+/// bounded whatever the data size and key length.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntryPage {
+    /// Entries in hash order.
+    pub entries: Vec<Entry>,
+    /// The last key hash the page covers completely: the range's end unless the page was
+    /// cut, in which case the rest starts at `through + 1`. A page is only ever cut
+    /// between two different key hashes, so no key is skipped.
+    pub through: u64,
+    /// Bytes of the entries so far.
+    bytes: usize,
+    /// Hash of the last entry pushed.
+    last_hash: Option<u64>,
+}
+
+impl EntryPage {
+    /// An empty page of a range ending at `end`.
+    pub fn new(end: u64) -> EntryPage {
+        EntryPage {
+            through: end,
+            ..EntryPage::default()
+        }
+    }
+
+    /// Adds the entry of key hash `hash` (hashes must come in order) unless the page is
+    /// full: once `max_bytes` is reached, only entries sharing the last hash still go in.
+    /// Returns false when the entry was refused; the page is then cut before `hash`.
+    pub fn push(&mut self, hash: u64, entry: Entry, max_bytes: usize) -> bool {
+        if let Some(last) = self.last_hash.filter(|last| self.bytes >= max_bytes && *last != hash) {
+            self.through = last;
+            return false;
+        }
+        self.bytes += entry.size();
+        self.last_hash = Some(hash);
+        self.entries.push(entry);
+        true
+    }
+}
+
 /// A stored tombstone and when it arrived here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {
@@ -153,8 +203,9 @@ pub trait Storage: Send + Sync + 'static {
     /// node's runtime with its outcome. Gives the write back untouched when the queue is
     /// full (the caller then waits for room with [`apply`](Self::apply)).
     fn apply_then(&self, key: Bytes, record: Record, done: Callback<Applied>) -> Result<(), (Bytes, Record)>;
-    /// Every key whose hash lies in `[start, end]`, with its version, in hash order.
-    fn entries(&self, start: u64, end: u64) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>>;
+    /// The keys whose hash lies in `[start, end]`, with their versions, in hash order,
+    /// until their [`Entry::size`] adds up to `max_bytes` (see [`EntryPage`]).
+    fn entries(&self, start: u64, end: u64, max_bytes: usize) -> BoxFuture<'_, Result<EntryPage, StorageError>>;
     /// Holds `record` for `owner` until it can be delivered (newer hint per key wins).
     fn store_hint(&self, owner: String, key: Bytes, record: Record) -> BoxFuture<'_, Result<HintStored, StorageError>>;
     /// Up to `limit` hints held for `owner`.
@@ -163,8 +214,9 @@ pub trait Storage: Send + Sync + 'static {
     fn remove_hints(&self, owner: String, delivered: Vec<(Bytes, Version)>) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Hints held, per owner.
     fn hint_counts(&self) -> HashMap<String, u64>;
-    /// Up to `limit` stored tombstones.
-    fn tombstones(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>>;
+    /// Up to `limit` stored tombstones in key-hash order, starting after key `after`
+    /// (from the first when `None`): a caller walks them all by passing the last key seen.
+    fn tombstones(&self, after: Option<Bytes>, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>>;
     /// Removes a tombstone if `key` still holds exactly it; returns whether it did.
     fn purge(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>>;
     /// The Merkle trees of the stored records.
@@ -173,4 +225,31 @@ pub trait Storage: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Whether a fatal error happened: the node must stop.
     fn is_poisoned(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &'static str) -> Entry {
+        Entry {
+            key: Bytes::from_static(key.as_bytes()),
+            version: Version { micros: 1, writer: 1 },
+            tombstone: false,
+        }
+    }
+
+    #[test]
+    fn a_page_is_cut_only_between_different_hashes_and_never_empty() {
+        let mut page = EntryPage::new(100);
+        assert!(page.push(5, entry("a"), 0), "the first entry always goes in");
+        assert!(page.push(5, entry("b"), 0), "so does every entry sharing its hash");
+        assert!(!page.push(6, entry("c"), 0));
+        assert_eq!((page.entries.len(), page.through), (2, 5));
+
+        let mut roomy = EntryPage::new(100);
+        assert!(roomy.push(5, entry("a"), 1 << 20));
+        assert!(roomy.push(6, entry("b"), 1 << 20));
+        assert_eq!(roomy.through, 100, "an uncut page covers its whole range");
+    }
 }

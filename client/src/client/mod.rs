@@ -118,7 +118,7 @@ impl Client {
             .writer_id
             .unwrap_or_else(|| random_writer_id(config.clock.as_ref()));
         let destinations = cluster.members.iter().map(Destination::of).collect();
-        let max_frame = cluster.max_key_bytes + cluster.max_value_bytes + FRAME_OVERHEAD;
+        let max_frame = max_response_frame(&cluster);
         let inner = Inner {
             nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
             health: Health::new(cluster.members.len()),
@@ -408,4 +408,19 @@ impl ClientStats {
     pub fn sends_in_flight(&self) -> u64 {
         self.background.count.load(Ordering::Relaxed)
     }
+}
+
+/// Bytes a node's status spends per partition and other replica, at most (a node id of
+/// up to 64 bytes, a time and a count).
+const STATUS_BYTES_PER_REPLICA: usize = 96;
+/// Room in a status answer for everything but its partition rows.
+const STATUS_BASE_BYTES: usize = 1 << 20;
+
+/// The largest response the client accepts: a maximum-size record, or a node's status
+/// (whose size grows with the partitions, not with `max_value_bytes`), whichever is larger.
+pub fn max_response_frame(cluster: &ClusterInfo) -> usize {
+    let record = cluster.max_key_bytes + cluster.max_value_bytes + FRAME_OVERHEAD;
+    let rows = cluster.partitions as usize * cluster.replication_factor.saturating_sub(1);
+    let status = STATUS_BASE_BYTES + rows * STATUS_BYTES_PER_REPLICA;
+    record.max(status)
 }
