@@ -1,0 +1,118 @@
+//! The tombstone rule through the real path: replicas that lack a key whose tombstone
+//! expired elsewhere (wiped, or never told) let the others purge it, every partition comes
+//! back into agreement, and nothing deleted comes back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::converge::{shape, w, write_keys, AE_ON, HINTS_OFF};
+use common::{copies, wait_until, TestCluster};
+use futures_util::stream::{self, StreamExt};
+use quorumkv_client::clock::system_clock;
+use quorumkv_client::{Client, ReadOptions};
+
+const GRACE_MS: u64 = 1_500;
+const DEADLINE: Duration = Duration::from_secs(45);
+
+/// Deletes every key of `keys` with w = 2 (the stopped node misses them).
+async fn delete_all(client: &Client, keys: &[String]) {
+    stream::iter(keys)
+        .for_each_concurrent(16, |key| async move {
+            client.delete_with(key.clone(), &w(2)).await.expect("delete");
+        })
+        .await;
+}
+
+/// Waits until the grace period has passed since now.
+async fn wait_out_the_grace() {
+    let over = system_clock().now_micros() + GRACE_MS * 1_000;
+    wait_until("the tombstone grace passes", DEADLINE, || async {
+        match system_clock().now_micros() > over {
+            true => Ok(()),
+            false => Err("within the grace".to_string()),
+        }
+    })
+    .await;
+}
+
+/// Every node reports every partition in agreement with every other replica.
+async fn all_partitions_agree(client: &Client, ids: &[String]) -> Result<(), String> {
+    for id in ids {
+        let status = client.status(id).await.map_err(|e| format!("{id}: {e}"))?;
+        let apart = status
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.iter().any(|r| r.last_agreed_micros.is_none()))
+            .count();
+        if apart > 0 {
+            return Err(format!("{id}: {apart} partitions not in agreement"));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes 200 keys while n3 is down, waits out the grace, brings n3 back (wiped, or
+/// not) and checks that the tombstones go everywhere, the partitions agree again, and
+/// no deleted key reads back.
+async fn deletes_missed_by_n3(wipe: bool) {
+    let settings = [AE_ON, HINTS_OFF, &format!("tombstone_grace_ms = {GRACE_MS}")];
+    let mut cluster = TestCluster::start(shape(&settings)).await;
+    let client = cluster.client().await;
+    let ids: Vec<String> = (0..3).map(|i| cluster.id(i)).collect();
+    let keys: Vec<String> = write_keys(&client, "gone", 200, w(3))
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    cluster.stop(2).await;
+    delete_all(&client, &keys).await;
+    assert!(client.finish_background(DEADLINE).await);
+    wait_out_the_grace().await;
+    if wipe {
+        cluster.wipe(2);
+    }
+    cluster.restart(2).await;
+
+    wait_until("no replica holds any of the keys", DEADLINE, || async {
+        for key in &keys {
+            let held = copies(&client, &ids, key).await?;
+            if held.iter().any(Option::is_some) {
+                return Err(format!("{key}: {held:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    wait_until("every partition in agreement", DEADLINE, || {
+        all_partitions_agree(&client, &ids)
+    })
+    .await;
+    let all = ReadOptions {
+        r: Some(3),
+        ..Default::default()
+    };
+    for key in &keys {
+        assert_eq!(
+            client.get_with(key.clone(), &all).await.unwrap(),
+            None,
+            "{key} came back"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// Before: the two replicas holding the tombstones waited for their roots to equal the
+/// wiped replica's, which never happens (it lacks them and does not pull expired ones), so
+/// they kept the tombstones, and their partitions stayed apart, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_wiped_after_the_grace_lets_the_others_purge_and_agree() {
+    deletes_missed_by_n3(true).await;
+}
+
+/// A replica that was down during the deletes comes back with the old values: it must
+/// get the tombstones (they beat its older values, expired or not) before anyone purges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_with_old_values_after_the_grace_gets_the_deletes() {
+    deletes_missed_by_n3(false).await;
+}
