@@ -3,16 +3,20 @@
 
 Steps: start n1..n3, stop n3, load KEYS keys with w=2 (n3 misses them all), restart n3
 and time until `quorumkv status` on n3 shows every partition agreed with every other
-replica after the restart. Optionally runs a read workload while n3 is being repaired
+replica after the restart. With --wipe, the keys are loaded on all three nodes first and
+n3's data directory is removed before its restart (a replaced disk): n3 is refilled from
+nothing. Optionally runs a read workload while n3 is being repaired
 and again once in agreement, to show what repair costs foreground requests. Also reports
 the anti-entropy bytes one node sends per round while replicas agree.
 
     cargo build --release
     scripts/converge.py --keys 100000 --hints off --foreground
+    scripts/converge.py --keys 1000000 --wipe
 """
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,6 +106,7 @@ def main():
     p.add_argument("--hints", choices=["on", "off"], default="off")
     p.add_argument("--interval-ms", type=int, default=1000)
     p.add_argument("--foreground", action="store_true", help="measure reads during and after repair")
+    p.add_argument("--wipe", action="store_true", help="load on every node, then wipe n3 before its restart")
     p.add_argument("--bin", default=os.path.join(ROOT, "target/release/quorumkv"))
     args = p.parse_args()
 
@@ -113,10 +118,17 @@ def main():
         for node in ["n1", "n2", "n3"]:
             cluster.start(node)
         wait_for("3 nodes up", lambda: len([s for s in cluster.status().values() if "id" in s]) == 3)
-        cluster.stop("n3")
-        load = cluster.bench("--workload", "load", "--keys", str(args.keys), "--w", "2")
-        print(f"loaded {args.keys} keys with n3 down: {load['phases'][0]['ops_per_s']:.0f} writes/s")
-        time.sleep(6)  # let the client-side background sends to n3 time out (not a test)
+        if args.wipe:
+            load = cluster.bench("--workload", "load", "--keys", str(args.keys), "--w", "3")
+            print(f"loaded {args.keys} keys on every node: {load['phases'][0]['ops_per_s']:.0f} writes/s")
+            cluster.stop("n3")
+            shutil.rmtree(os.path.join(work, "data", "n3"))
+            print("n3 stopped and its data directory removed")
+        else:
+            cluster.stop("n3")
+            load = cluster.bench("--workload", "load", "--keys", str(args.keys), "--w", "2")
+            print(f"loaded {args.keys} keys with n3 down: {load['phases'][0]['ops_per_s']:.0f} writes/s")
+            time.sleep(6)  # let the client-side background sends to n3 time out (not a test)
         before = totals(cluster.status())
         restarted = time.time()
         cluster.start("n3")
