@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quorumkv_client::version::DEFAULT_MAX_CLOCK_SKEW;
 use quorumkv_client::wire::{ClusterInfo, Member, QuorumDefaults};
 use serde::Deserialize;
 
@@ -94,7 +95,7 @@ impl Default for Limits {
         Limits {
             max_key_bytes: 1024,
             max_value_bytes: 4 << 20,
-            max_clock_skew_ms: 5_000,
+            max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW.as_millis() as u64,
         }
     }
 }
