@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use quorumkv_client::{Client, ClientConfig, ReadOptions, WriteOptions};
+use quorumkv_client::{Client, ReadOptions, WriteOptions};
 use serde::Serialize;
 
 use crate::config::ClusterConfig;
@@ -265,7 +265,7 @@ fn client_identity(config: &ClusterConfig) -> anyhow::Result<quorumkv_client::Tl
 
 async fn connect(config: &ClusterConfig) -> anyhow::Result<Client> {
     let seeds = config.nodes.iter().map(|n| n.addr).collect();
-    let client = Client::connect(ClientConfig::new(seeds, client_identity(config)?)).await?;
+    let client = Client::connect(crate::cli::client_config(config, seeds, client_identity(config)?)).await?;
     Ok(client)
 }
 

@@ -245,13 +245,24 @@ where
         let identity =
             pki::identity(&tls_dir, pki_client_name(), generate).context("loading the client certificate")?;
         let seeds = config.nodes.iter().map(|n| n.addr).collect();
-        let client = Client::connect(ClientConfig::new(seeds, identity)).await?;
+        let client = Client::connect(client_config(&config, seeds, identity)).await?;
         let result = action(client.clone()).await;
         // Let the sends the request returned without (writes beyond w, hints) finish.
         let limit = Duration::from_millis(config.defaults.timeout_ms);
         client.finish_background(limit).await;
         result
     })
+}
+
+/// A client configuration for the cluster of `config`, with its clock-skew limit.
+pub fn client_config(
+    config: &ClusterConfig,
+    seeds: Vec<std::net::SocketAddr>,
+    identity: quorumkv_client::TlsIdentity,
+) -> ClientConfig {
+    let mut client = ClientConfig::new(seeds, identity);
+    client.max_clock_skew = config.max_clock_skew();
+    client
 }
 
 fn pki_client_name() -> &'static str {

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quorumkv_client::tls::layout;
+use quorumkv_client::version::DEFAULT_MAX_CLOCK_SKEW;
 use quorumkv_client::wire::{ClusterInfo, Member, QuorumDefaults};
 use serde::Deserialize;
 
@@ -94,7 +96,7 @@ impl Default for Limits {
         Limits {
             max_key_bytes: 1024,
             max_value_bytes: 4 << 20,
-            max_clock_skew_ms: 5_000,
+            max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW.as_millis() as u64,
         }
     }
 }
@@ -382,6 +384,13 @@ impl ClusterConfig {
                     node.id
                 ));
             }
+            if node.id == layout::CLIENT {
+                problems.push(format!(
+                    "nodes[{i}].id = {:?}: reserved for the client certificate (tls/{}); choose another id",
+                    node.id,
+                    layout::CLIENT
+                ));
+            }
             if !ids.insert(node.id.as_str()) {
                 problems.push(format!(
                     "nodes[{i}].id = {:?}: duplicate node id; every id must be unique",
@@ -537,6 +546,10 @@ mod tests {
             (GOOD.replace("\"n2\"", "\"n1\""), "duplicate node id"),
             (GOOD.replace("7002", "7001"), "duplicate address"),
             (GOOD.replace("\"n3\"", "\"N 3\""), "nodes[2].id"),
+            (
+                GOOD.replace("\"n3\"", "\"client\""),
+                "reserved for the client certificate",
+            ),
             (GOOD.replace("127.0.0.1:7003", "nowhere"), "addr"),
             ("data_dir = \"x\"".to_string(), "nodes: none listed"),
             (

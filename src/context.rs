@@ -11,6 +11,7 @@ use quorumkv_client::clock::Clock;
 use quorumkv_client::ring::Ring;
 use quorumkv_client::wire::{NodeStatus, PartitionStatus, ReplicaAgreement};
 
+use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
 use crate::config::Convergence;
 use crate::peer::{FailureDetector, PeerPool};
@@ -36,6 +37,8 @@ pub struct NodeContext {
     pub anti_entropy_peers: Arc<PeerPool>,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
+    /// What every record this node stores must satisfy, whichever path it came by.
+    pub limits: RecordLimits,
     /// Convergence settings from cluster.toml.
     pub convergence: Convergence,
 }

@@ -5,7 +5,9 @@
 //! (see the client's write path). The fallback stores it durably in its own keyspace,
 //! bounded per owner (`max_hints_per_node`; beyond it the node says so in its log and
 //! status and leaves the repair to anti-entropy), and every `hint_delivery_interval`
-//! pushes the hints of owners that are up, deleting each once the owner has it.
+//! pushes the hints of owners that are up, deleting each once the owner answered. The
+//! owner checks each record as it checks a client write ([`crate::admission`]); one it
+//! refuses (a version too far ahead of its clock) is deleted too, and the owner logs why.
 
 use std::sync::Arc;
 use std::time::Duration;

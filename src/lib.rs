@@ -4,12 +4,14 @@
 //! records, hints and Merkle trees in fjall ([`storage`], [`merkle`]), answers client
 //! requests as a replica ([`replica`]) and other nodes through the peer protocol
 //! ([`peer`]) over one QUIC endpoint ([`server`]), and converges with its peers in the
-//! background ([`antientropy`], [`hints`], [`tombstones`]). [`node`] wires it together
+//! background ([`antientropy`], [`hints`], [`tombstones`]); every record it stores passes
+//! [`admission`]. [`node`] wires it together
 //! and shuts it down; [`context`] is the state its services share. The CLI lives in
 //! [`cli`], the load generator in [`bench`], fault injection for tests in [`faults`].
 //! Everything clients and nodes share (messages, ring, versions, TLS) is in the
 //! `quorumkv-client` crate.
 
+pub mod admission;
 pub mod antientropy;
 pub mod bench;
 pub mod cli;

@@ -21,6 +21,7 @@ use quorumkv_client::wire::{FRAME_OVERHEAD, PEER_ALPN};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::RecordLimits;
 use crate::antientropy::{Agreement, AntiEntropy};
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
@@ -131,6 +132,7 @@ impl Node {
             anti_entropy_peers: Arc::new(peer_pool(config, endpoint.clone(), peer_tls)),
             storage: parts.storage.clone(),
             clock: parts.clock.clone(),
+            limits: RecordLimits::of(config),
             convergence: config.convergence,
             ring: ring.clone(),
         });
@@ -142,6 +144,7 @@ impl Node {
             ctx.agreement.clone(),
             parts.clock,
             ring,
+            ctx.limits,
         ));
         let client_frame = config.limits.max_key_bytes + config.limits.max_value_bytes + FRAME_OVERHEAD;
         let frames = (client_frame, peer_max_frame(config));

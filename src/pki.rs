@@ -6,6 +6,13 @@
 //! needed. Every directory is written under a temporary name and renamed into place, so
 //! several nodes starting at once agree on one CA. The CA key sits next to it: this is
 //! for development only; production clusters configure `[tls] dir` with their own CA.
+//!
+//! Node certificates carry the node id and `quorumkv.node` ([`SEED_SERVER_NAME`], the
+//! node role marker the peer protocol requires); the client certificate carries only its
+//! name. Earlier versions put `quorumkv.node` on the client certificate too, which let
+//! every CLI user speak the peer protocol: such a development client certificate is
+//! regenerated when it is next loaded (logged at WARN; the CA and the node certificates
+//! stay, so nothing else changes and the cluster needs no restart).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +21,7 @@ use quorumkv_client::tls::{layout, TlsIdentity, SEED_SERVER_NAME};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::ServerName;
 
 /// Common name of the development CA.
 const CA_NAME: &str = "quorumkv development CA";
@@ -37,14 +45,84 @@ pub enum PkiError {
     Tls(#[from] quorumkv_client::tls::TlsError),
 }
 
+/// What a certificate lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A node: serves clients and speaks the peer protocol.
+    Node,
+    /// A client: speaks only the client protocol.
+    Client,
+}
+
+impl Role {
+    /// The role of identity `name` in the development layout: its one client identity is
+    /// [`layout::CLIENT`]; every other name is a node.
+    pub fn of_name(name: &str) -> Role {
+        if name == layout::CLIENT {
+            Role::Client
+        } else {
+            Role::Node
+        }
+    }
+}
+
 /// Loads identity `name` from `dir`, first generating the development CA and the
-/// identity if `generate` allows and they are missing.
+/// identity (with the role [`Role::of_name`] gives it) if `generate` allows and they are
+/// missing.
 pub fn identity(dir: &Path, name: &str, generate: bool) -> Result<TlsIdentity, PkiError> {
+    identity_as(dir, name, Role::of_name(name), generate)
+}
+
+/// Loads identity `name` from `dir`, first generating the development CA and a `role`
+/// certificate for `name` if `generate` allows and they are missing. When generating, a
+/// client certificate that carries the node role marker is replaced (see the module doc).
+pub fn identity_as(dir: &Path, name: &str, role: Role, generate: bool) -> Result<TlsIdentity, PkiError> {
     if generate {
         ensure_ca(dir)?;
-        ensure_identity(dir, name)?;
+        ensure_identity(dir, name, role)?;
+        let loaded = TlsIdentity::load(dir, name)?;
+        if role == Role::Client && carries_node_marker(&loaded) {
+            retire_identity(dir, name)?;
+            ensure_identity(dir, name, role)?;
+        } else {
+            return Ok(loaded);
+        }
     }
     Ok(TlsIdentity::load(dir, name)?)
+}
+
+/// Whether the certificate of `identity` is valid for the node role marker.
+fn carries_node_marker(identity: &TlsIdentity) -> bool {
+    let Some(leaf) = identity.chain.first() else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(SEED_SERVER_NAME) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// Moves identity `name` out of the way (then deletes it), so that it is generated again.
+/// Several processes may do this at once: whoever renames it first wins, the others find
+/// it gone, and all of them then agree on the one generated next.
+fn retire_identity(dir: &Path, name: &str) -> Result<(), PkiError> {
+    let target = dir.join(name);
+    static RETIRED: AtomicU64 = AtomicU64::new(0);
+    let attempt = RETIRED.fetch_add(1, Ordering::Relaxed);
+    let retired = dir.join(format!(".{name}.retired-{}-{attempt}", std::process::id()));
+    match std::fs::rename(&target, &retired) {
+        Ok(()) => {
+            tracing::warn!(
+                "replacing the development certificate of {name} in {}: it carried the node name {SEED_SERVER_NAME}, \
+                 which would let it speak the node-to-node protocol",
+                target.display()
+            );
+            let _ = std::fs::remove_dir_all(&retired);
+            Ok(())
+        }
+        Err(_) if !target.join(layout::CERT).exists() => Ok(()),
+        Err(e) => Err(PkiError::Io { path: target, error: e }),
+    }
 }
 
 fn ensure_ca(dir: &Path) -> Result<(), PkiError> {
@@ -62,7 +140,7 @@ fn ensure_ca(dir: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
-fn ensure_identity(dir: &Path, name: &str) -> Result<(), PkiError> {
+fn ensure_identity(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
     let target = dir.join(name);
     if target.join(layout::CERT).exists() {
         return Ok(());
@@ -73,7 +151,7 @@ fn ensure_identity(dir: &Path, name: &str) -> Result<(), PkiError> {
     // Re-creating the CA certificate from the same name and key yields an issuer that
     // verifies against the stored ca.pem.
     let ca = ca_params()?.self_signed(&ca_key)?;
-    let (cert, key) = leaf(name, &ca, &ca_key)?;
+    let (cert, key) = leaf(name, role, &ca, &ca_key)?;
     if write_dir_atomically(&target, &[(layout::CERT, cert), (layout::KEY, key)])? {
         tracing::info!("generated development certificate for {name} in {}", target.display());
     }
@@ -92,12 +170,19 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-/// A certificate for `name` usable as server and client: nodes dial each other too.
-fn leaf(name: &str, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, String), rcgen::Error> {
-    let names = vec![name.to_string(), SEED_SERVER_NAME.to_string(), "localhost".to_string()];
+/// A certificate for `name`. A node's is usable as server and client (nodes dial each
+/// other too) and carries the node role marker; a client's only authenticates a client.
+fn leaf(name: &str, role: Role, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, String), rcgen::Error> {
+    let (names, usages) = match role {
+        Role::Node => (
+            vec![name.to_string(), SEED_SERVER_NAME.to_string(), "localhost".to_string()],
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        ),
+        Role::Client => (vec![name.to_string()], vec![ExtendedKeyUsagePurpose::ClientAuth]),
+    };
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = usages;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, ca, ca_key)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -171,6 +256,33 @@ mod tests {
             });
             assert!(ids.iter().all(|id| id.ca == ids[0].ca), "one CA for every identity");
         }
+    }
+
+    #[test]
+    fn only_node_certificates_carry_the_node_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        assert!(carries_node_marker(&identity(&tls, "n1", true).unwrap()));
+        assert!(carries_node_marker(&identity(&tls, "intruder", true).unwrap()));
+        assert!(!carries_node_marker(&identity(&tls, "client", true).unwrap()));
+        assert!(!carries_node_marker(
+            &identity_as(&tls, "n2", Role::Client, true).unwrap()
+        ));
+    }
+
+    #[test]
+    fn a_client_certificate_with_the_node_marker_is_replaced_under_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        // What earlier versions generated: the node marker on the client certificate.
+        let legacy = identity_as(&tls, "client", Role::Node, true).unwrap();
+        assert!(carries_node_marker(&legacy));
+        let replaced = identity(&tls, "client", true).unwrap();
+        assert!(!carries_node_marker(&replaced), "the client certificate is regenerated");
+        assert_eq!(replaced.ca, legacy.ca, "under the same CA");
+        assert_eq!(identity(&tls, "client", true).unwrap().chain, replaced.chain, "once");
+        let without_generation = identity(&tls, "client", false).unwrap();
+        assert_eq!(without_generation.chain, replaced.chain);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! node's own record (or only its version, from the in-memory index), writes go through
 //! storage's compare-and-write (a stale write is answered with the newer version it lost
 //! to), hints are held for their owner, `Members` describes the cluster and `Status`
-//! this node's view of it. Requests are checked against the cluster's limits and the ring
-//! epoch first. The hot requests (reads, writes, versions) start without a task of their
-//! own ([`Handler::start`]): the storage thread that serves them sends the reply.
+//! this node's view of it. Requests are checked against the ring epoch first, and every
+//! record (a write, a hint, a read repair) gets the checks any stored record gets
+//! ([`crate::admission`]). The hot requests (reads, writes, versions) start without a
+//! task of their own ([`Handler::start`]): the storage thread that serves them sends the
+//! reply.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Record, Request, Response};
 
+use crate::admission::Refusal;
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
 use crate::server::{Handler, Reply};
@@ -26,8 +29,6 @@ pub struct Replica {
     info: ClusterInfo,
     /// Epoch of this node's ring; requests routed with another are refused.
     epoch: u64,
-    /// Largest lead of a write's version over our clock, in microseconds.
-    max_skew_micros: u64,
 }
 
 impl Replica {
@@ -36,7 +37,6 @@ impl Replica {
         Replica {
             info: config.cluster_info(),
             epoch: ctx.ring.epoch(),
-            max_skew_micros: config.max_clock_skew().as_micros() as u64,
             ctx,
         }
     }
@@ -103,14 +103,15 @@ impl Replica {
 
     fn check_read(&self, epoch: u64, key: &Bytes) -> Result<(), ErrorReply> {
         self.check_epoch(epoch)?;
-        self.check_len("key", key.len(), self.info.max_key_bytes)
+        self.ctx.limits.check_key(key).map_err(refused)
     }
 
+    /// The epoch, then the checks every stored record gets
+    /// ([`crate::admission::RecordLimits::check`]).
     fn check_write(&self, epoch: u64, key: &Bytes, record: &Record) -> Result<(), ErrorReply> {
-        self.check_read(epoch, key)?;
-        let value_len = record.value.as_ref().map_or(0, Bytes::len);
-        self.check_len("value", value_len, self.info.max_value_bytes)?;
-        self.check_clock(record)
+        self.check_epoch(epoch)?;
+        let now = self.ctx.clock.now_micros();
+        self.ctx.limits.check(key, record, now).map_err(refused)
     }
 
     fn check_epoch(&self, epoch: u64) -> Result<(), ErrorReply> {
@@ -120,31 +121,6 @@ impl Replica {
                 self.epoch
             );
             return Err(reply(ErrorKind::StaleEpoch, message));
-        }
-        Ok(())
-    }
-
-    fn check_len(&self, what: &str, len: usize, max: usize) -> Result<(), ErrorReply> {
-        if len > max {
-            return Err(reply(
-                ErrorKind::TooLarge,
-                format!("{what} of {len} bytes exceeds the limit of {max} bytes"),
-            ));
-        }
-        Ok(())
-    }
-
-    fn check_clock(&self, record: &Record) -> Result<(), ErrorReply> {
-        let now = self.ctx.clock.now_micros();
-        let lead = record.version.micros.saturating_sub(now);
-        if lead > self.max_skew_micros {
-            let message = format!(
-                "version {} is {} ms ahead of this node's clock (limit {} ms): check the writer's clock",
-                record.version,
-                lead / 1000,
-                self.max_skew_micros / 1000
-            );
-            return Err(reply(ErrorKind::ClockSkew, message));
         }
         Ok(())
     }
@@ -218,6 +194,10 @@ fn put_response(outcome: Result<Applied, StorageError>) -> Response {
         },
         Err(e) => Response::Error(storage_error(e)),
     }
+}
+
+fn refused(refusal: Refusal) -> ErrorReply {
+    reply(refusal.kind(), refusal.to_string())
 }
 
 fn storage_error(e: StorageError) -> ErrorReply {

@@ -1,7 +1,9 @@
 //! The node's QUIC endpoint: accepts connections and streams, decodes request frames,
 //! hands them to the right [`Handler`] concurrently and writes the responses back.
 //!
-//! A connection speaks the client protocol or the peer protocol, chosen by its ALPN.
+//! A connection speaks the client protocol or the peer protocol, chosen by its ALPN. A
+//! peer connection must present a member's node certificate ([`crate::peer::auth`]), else
+//! it is closed with the reason and logged at WARN, as is every failed TLS handshake.
 //! Every stream is read frame by frame; each request runs as its own tracked task (so a
 //! slow write does not hold up a read behind it), except those the handler can start
 //! without one: answered on the spot (a version from memory) or handed with their
@@ -35,6 +37,9 @@ const MAX_IN_FLIGHT: usize = 4096;
 const RESPONSE_QUEUE: usize = 1024;
 /// QUIC application error code for a stream closed because of a bad frame.
 const BAD_FRAME: u32 = 1;
+/// QUIC application error code for a peer connection whose certificate is not a member's
+/// node certificate.
+const NOT_A_PEER: u32 = 2;
 /// Id of a response that answers no particular request (the frame was unreadable).
 const NO_REQUEST: u64 = 0;
 
@@ -155,16 +160,25 @@ pub async fn accept_loop(endpoint: Endpoint, ctx: ServerContext) {
 }
 
 async fn serve_connection(incoming: Incoming, ctx: ServerContext) {
+    let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::debug!("handshake failed: {e}");
+            tracing::warn!("TLS handshake with {remote} failed: {e}");
             return;
         }
     };
     if alpn(&conn).as_deref() == Some(PEER_ALPN) {
-        let (handler, max_frame) = (ctx.peers.clone(), ctx.max_peer_frame);
-        accept_streams(conn, handler, max_frame, ctx).await;
+        let session = match ctx.peers.authenticate(&conn) {
+            Ok(session) => Arc::new(session),
+            Err(why) => {
+                tracing::warn!("refused a peer connection from {remote}: {why}");
+                conn.close(NOT_A_PEER.into(), why.to_string().as_bytes());
+                return;
+            }
+        };
+        let max_frame = ctx.max_peer_frame;
+        accept_streams(conn, session, max_frame, ctx).await;
     } else {
         let (handler, max_frame) = (ctx.replica.clone(), ctx.max_frame);
         accept_streams(conn, handler, max_frame, ctx).await;

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::tls::TlsError;
-use crate::version::Version;
+use crate::version::{ClockExhausted, Version};
 use crate::wire::ErrorReply;
 
 /// Why a client operation failed.
@@ -43,6 +43,12 @@ pub enum ClientError {
     /// The local endpoint could not be created.
     #[error("cannot create the client endpoint: {0}")]
     Endpoint(#[from] std::io::Error),
+    /// The operating system's random source failed, so no writer id could be drawn.
+    #[error("cannot draw a random writer id from the OS random source: {0}; set ClientConfig::writer_id")]
+    Randomness(String),
+    /// This client's clock cannot issue a newer version; nothing was sent.
+    #[error(transparent)]
+    Clock(#[from] ClockExhausted),
 }
 
 /// One replica that did not acknowledge a request.

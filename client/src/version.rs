@@ -5,9 +5,32 @@
 //! ([`HybridClock`]) kept by the writer: `max(wall clock, last + 1)`, and advanced past
 //! every version the writer reads, so a read-modify-write never goes back in time.
 //! Pure code: the wall-clock reading is passed in.
+//!
+//! Two bounds keep one bad version from poisoning a writer. A version read that leads
+//! the writer's wall clock by more than the cluster's clock-skew limit is not observed
+//! (no node accepts a write that far ahead, so moving there, or to the limit, would only
+//! get this writer's later writes to every key refused for skew; the key holding it stays
+//! unwritable until time catches up, which the clock cannot change). And a clock at the
+//! largest timestamp refuses to issue another version rather than wrap around.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
+
+/// The cluster's default clock-skew limit (cluster.toml `limits.max_clock_skew_ms`): how
+/// far ahead of a node's clock a version may be, and how far ahead of its own clock a
+/// client follows a version it reads.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+/// The clock already issued the largest timestamp there is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this writer's clock reached the largest timestamp ({last} µs): it cannot issue a newer version; use a new writer"
+)]
+pub struct ClockExhausted {
+    /// The last timestamp issued or observed.
+    pub last: u64,
+}
 
 /// The version of a record. Larger is newer; equal versions are the same write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -64,24 +87,35 @@ impl HybridClock {
         HybridClock { writer, last: 0 }
     }
 
-    /// The version for a new write, given the wall clock now.
-    pub fn next(&mut self, wall_micros: u64) -> Version {
-        self.last = wall_micros.max(self.last + 1);
-        Version {
+    /// The version for a new write, given the wall clock now; an error once the clock
+    /// has issued `u64::MAX` (it never repeats a version).
+    pub fn next(&mut self, wall_micros: u64) -> Result<Version, ClockExhausted> {
+        let after_last = self.last.checked_add(1).ok_or(ClockExhausted { last: self.last })?;
+        self.last = wall_micros.max(after_last);
+        Ok(Version {
             micros: self.last,
             writer: self.writer,
-        }
+        })
     }
 
-    /// Moves the clock past a version read from a replica.
-    pub fn observe(&mut self, seen: Version) {
+    /// Moves the clock past a version read from a replica, unless that version leads the
+    /// wall clock `wall_micros` by more than `max_lead_micros` (see the module doc).
+    /// Returns whether the version was within that bound.
+    pub fn observe(&mut self, seen: Version, wall_micros: u64, max_lead_micros: u64) -> bool {
+        if seen.micros.saturating_sub(wall_micros) > max_lead_micros {
+            return false;
+        }
         self.last = self.last.max(seen.micros);
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{HybridClock, Version};
+    use super::{ClockExhausted, HybridClock, Version};
+
+    /// A clock-skew limit for the tests: 5 s in µs.
+    const LIMIT: u64 = 5_000_000;
 
     fn v(micros: u64, writer: u64) -> Version {
         Version { micros, writer }
@@ -105,22 +139,47 @@ mod tests {
     #[test]
     fn clock_follows_wall_time_and_never_repeats() {
         let mut c = HybridClock::new(7);
-        assert_eq!(c.next(100), v(100, 7));
-        assert_eq!(c.next(100), v(101, 7), "same wall reading still advances");
-        assert_eq!(c.next(50), v(102, 7), "wall clock going back does not");
-        assert_eq!(c.next(500), v(500, 7));
+        assert_eq!(c.next(100), Ok(v(100, 7)));
+        assert_eq!(c.next(100), Ok(v(101, 7)), "same wall reading still advances");
+        assert_eq!(c.next(50), Ok(v(102, 7)), "wall clock going back does not");
+        assert_eq!(c.next(500), Ok(v(500, 7)));
     }
 
     #[test]
     fn clock_moves_past_observed_versions() {
         let mut c = HybridClock::new(1);
-        c.observe(v(1_000, 2));
+        assert!(c.observe(v(1_000, 2), 10, LIMIT));
         assert_eq!(
             c.next(10),
-            v(1_001, 1),
+            Ok(v(1_001, 1)),
             "a write after a read is newer than what was read"
         );
-        c.observe(v(5, 3));
-        assert_eq!(c.next(10), v(1_002, 1), "observing an old version changes nothing");
+        assert!(c.observe(v(5, 3), 10, LIMIT));
+        assert_eq!(c.next(10), Ok(v(1_002, 1)), "observing an old version changes nothing");
+    }
+
+    #[test]
+    fn versions_beyond_the_skew_limit_are_not_followed() {
+        let now = 1_700_000_000_000_000;
+        let ten_years = 10 * 365 * 24 * 3600 * 1_000_000;
+        let mut c = HybridClock::new(1);
+        assert!(c.observe(v(now + LIMIT, 2), now, LIMIT), "at the limit: followed");
+        assert_eq!(c.next(now), Ok(v(now + LIMIT + 1, 1)));
+        let mut c = HybridClock::new(1);
+        for far in [now + LIMIT + 1, now + ten_years, u64::MAX] {
+            assert!(!c.observe(v(far, 2), now, LIMIT), "{far} is ignored");
+        }
+        assert_eq!(c.next(now), Ok(v(now, 1)), "the clock stays on wall time");
+    }
+
+    #[test]
+    fn a_clock_at_the_largest_timestamp_refuses_instead_of_wrapping() {
+        let mut c = HybridClock::new(1);
+        assert_eq!(c.next(u64::MAX), Ok(v(u64::MAX, 1)));
+        assert_eq!(c.next(u64::MAX), Err(ClockExhausted { last: u64::MAX }));
+        assert_eq!(c.next(5), Err(ClockExhausted { last: u64::MAX }), "and stays refused");
+        let mut c = HybridClock::new(1);
+        assert!(c.observe(v(u64::MAX, 2), u64::MAX - 1, LIMIT));
+        assert!(c.next(0).is_err(), "after observing the largest timestamp too");
     }
 }

@@ -11,7 +11,8 @@
 //!    next), so no message grows with the data size or key length;
 //! 3. after each answer, compare the lists ([`compare::pulls`]) and pull the peer's newer
 //!    records in batches of at most [`crate::peer::EXCHANGE_BYTES`], each applied as one
-//!    group commit; then ask for the next leaves.
+//!    group commit (a record that fails the checks client writes get is logged and
+//!    not applied); then ask for the next leaves.
 //!
 //! Roots go [`ROOTS_PER_REQUEST`] partitions at a time for the same reason. Each
 //! comparison also records, per leaf, whether the peer confirmed this node's tombstones
@@ -39,7 +40,9 @@ pub use agreement::Agreement;
 
 use crate::context::NodeContext;
 use crate::merkle::{differing, INNER};
-use crate::peer::{KeyedRecord, LeafProbe, PeerRequest, PeerResponse, LEAVES_PER_REQUEST, ROOTS_PER_REQUEST};
+use crate::peer::{
+    admit, log_refusals, KeyedRecord, LeafProbe, PeerRequest, PeerResponse, LEAVES_PER_REQUEST, ROOTS_PER_REQUEST,
+};
 use crate::storage::StorageError;
 
 /// Longest wait for one anti-entropy request.
@@ -281,6 +284,7 @@ impl AntiEntropy {
             self.budget
                 .take(records.len(), records.iter().map(KeyedRecord::size).sum())
                 .await;
+            let records = self.admit(peer, records);
             let keys: Vec<Bytes> = records.iter().map(|r| r.key.clone()).collect();
             let applies = records.into_iter().map(|r| self.ctx.storage.apply(r.key, r.record));
             for (key, outcome) in keys.iter().zip(futures_util::future::join_all(applies).await) {
@@ -295,6 +299,16 @@ impl AntiEntropy {
         }
         self.ctx.agreement.pulled(pulled);
         Ok(())
+    }
+
+    /// The pulled records that pass the checks a client write passes; the others are
+    /// logged at WARN and left out (a far-future version must not spread by repair).
+    fn admit(&self, peer: usize, records: Vec<KeyedRecord>) -> Vec<KeyedRecord> {
+        let pulled = records.len();
+        let (admitted, refused) = admit(records, &self.ctx.limits, self.ctx.clock.now_micros());
+        let from = format!("pulled from {} by anti-entropy", self.ctx.ring.members()[peer]);
+        log_refusals(&refused, pulled, &from);
+        admitted.into_iter().flatten().collect()
     }
 
     /// The records of `keys` the peer holds, and the keys it left for a later request.

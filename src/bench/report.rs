@@ -109,6 +109,8 @@ pub fn error_kind(e: &ClientError) -> String {
         ClientError::NoSeed(_) => "no_seed".into(),
         ClientError::Tls(_) => "tls".into(),
         ClientError::Endpoint(_) => "endpoint".into(),
+        ClientError::Randomness(_) => "randomness".into(),
+        ClientError::Clock(_) => "clock_exhausted".into(),
         ClientError::Unavailable { failures, .. } => match failures.first() {
             Some(failure) => reason_kind(&failure.reason),
             None => "unavailable".into(),

@@ -94,7 +94,7 @@ impl SpawnedCluster {
     /// Waits until every node answers a client, then returns that client.
     pub async fn connect(&mut self, identity: TlsIdentity) -> anyhow::Result<Client> {
         let seeds = self.config.nodes.iter().map(|n| n.addr).collect();
-        let client_config = ClientConfig::new(seeds, identity);
+        let client_config = crate::cli::client_config(&self.config, seeds, identity);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut client = None;
         let mut patience = FIRST_ATTEMPT_TIMEOUT;

@@ -2,9 +2,12 @@
 //!
 //! Spoken over the same endpoint as the client protocol, on connections that negotiate
 //! the peer ALPN ([`quorumkv_client::wire::PEER_ALPN`]). Messages are one enum per
-//! direction; [`PeerService`] answers them. Anti-entropy uses its own connections, so
-//! bulk repair traffic never queues behind (or in front of) pings and hints.
+//! direction; [`PeerService`] answers them, once [`auth`] has found which member's node
+//! certificate the connection presented. Anti-entropy uses its own connections, so
+//! bulk repair traffic never queues behind (or in front of) pings and hints. Records that
+//! arrive through this protocol pass [`admit`], the checks client writes pass.
 
+pub mod auth;
 pub mod detector;
 mod service;
 
@@ -13,12 +16,13 @@ use quorumkv_client::transport::{ConnectionPool, Destination};
 use quorumkv_client::wire::{FrameSizeHint, Record, FRAME_OVERHEAD};
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{RecordLimits, Refusal};
 use crate::config::ClusterConfig;
 use crate::merkle::Hash;
 use crate::storage::Entry;
 
 pub use detector::FailureDetector;
-pub use service::PeerService;
+pub use service::{PeerService, PeerSession};
 
 /// Most record bytes in one anti-entropy or hint-delivery exchange (larger values go alone).
 pub const EXCHANGE_BYTES: usize = 4 << 20;
@@ -182,4 +186,35 @@ pub fn chunk_by_bytes(records: Vec<KeyedRecord>, max_bytes: usize) -> Vec<Vec<Ke
         batches.push(batch);
     }
     batches
+}
+
+/// Checks each of `records` with `limits` at `now_micros`: the admitted records in their
+/// places (`None` where one was refused) and the reasons for the refused ones.
+pub fn admit(
+    records: Vec<KeyedRecord>,
+    limits: &RecordLimits,
+    now_micros: u64,
+) -> (Vec<Option<KeyedRecord>>, Vec<Refusal>) {
+    let mut refused = Vec::new();
+    let admitted = records
+        .into_iter()
+        .map(|r| match limits.check(&r.key, &r.record, now_micros) {
+            Ok(()) => Some(r),
+            Err(why) => {
+                refused.push(why);
+                None
+            }
+        })
+        .collect();
+    (admitted, refused)
+}
+
+/// Logs refused records at WARN, one line per batch: how many, from where, the first reason.
+pub fn log_refusals(refused: &[Refusal], of: usize, from: &str) {
+    if let Some(first) = refused.first() {
+        tracing::warn!(
+            "refused {} of {of} records {from}, not applied; first: {first}",
+            refused.len()
+        );
+    }
 }

@@ -1,5 +1,13 @@
 //! [`PeerService`]: answers other nodes' pings, anti-entropy steps and hint deliveries.
+//!
+//! Only on authenticated connections: [`PeerService::authenticate`] turns a connection
+//! whose node certificate names a member into a [`PeerSession`], the handler of that
+//! connection, which knows the member every request on it comes from. A `Roots` request
+//! claiming another sender is refused (agreement drives tombstone purging, so it must
+//! not be spoofable), and every pushed record gets the checks a client write gets
+//! ([`RecordLimits::check`]); refused records are answered as not applied and logged.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -7,7 +15,11 @@ use futures_util::future::join_all;
 use quorumkv_client::clock::Clock;
 use quorumkv_client::ring::Ring;
 
-use super::{KeyedRecord, LeafEntries, LeafProbe, PeerRequest, PeerResponse, ENTRIES_BYTES, EXCHANGE_BYTES};
+use super::auth::{authenticate, PeerAuthError};
+use super::{
+    admit, log_refusals, KeyedRecord, LeafEntries, LeafProbe, PeerRequest, PeerResponse, ENTRIES_BYTES, EXCHANGE_BYTES,
+};
+use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
 use crate::merkle::Hash;
 use crate::server::Handler;
@@ -22,35 +34,71 @@ pub struct PeerService {
     agreement: Arc<Agreement>,
     clock: Arc<dyn Clock>,
     ring: Ring,
+    /// The checks every pushed record must pass, as a client write would.
+    limits: RecordLimits,
+}
+
+/// The handler of one authenticated peer connection: the service, and who is speaking.
+pub struct PeerSession {
+    service: Arc<PeerService>,
+    /// Index of the member whose node certificate the connection presented.
+    peer: usize,
+    /// The connection's remote address, for logs.
+    remote: SocketAddr,
 }
 
 impl PeerService {
-    /// A service over `storage`, recording agreements in `agreement`.
-    pub fn new(storage: Arc<dyn Storage>, agreement: Arc<Agreement>, clock: Arc<dyn Clock>, ring: Ring) -> Self {
+    /// A service over `storage`, recording agreements in `agreement` and admitting
+    /// pushed records under `limits`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        agreement: Arc<Agreement>,
+        clock: Arc<dyn Clock>,
+        ring: Ring,
+        limits: RecordLimits,
+    ) -> Self {
         PeerService {
             storage,
             agreement,
             clock,
             ring,
+            limits,
         }
     }
 
-    fn roots(&self, from: &str, roots: Vec<(u32, Hash)>) -> PeerResponse {
+    /// The session of `conn` if it presented the node certificate of a member.
+    pub fn authenticate(self: &Arc<Self>, conn: &quinn::Connection) -> Result<PeerSession, PeerAuthError> {
+        let peer = authenticate(conn, self.ring.members())?;
+        Ok(PeerSession {
+            service: self.clone(),
+            peer,
+            remote: conn.remote_address(),
+        })
+    }
+
+    fn roots(&self, session: &PeerSession, from: &str, roots: Vec<(u32, Hash)>) -> PeerResponse {
+        let peer_id = &self.ring.members()[session.peer];
+        if from != peer_id {
+            tracing::warn!(
+                "peer {peer_id} ({}) sent anti-entropy roots claiming to be {from:?}: refused, no agreement recorded",
+                session.remote
+            );
+            return PeerResponse::Error(format!(
+                "roots claim to come from {from:?}, but this connection's certificate is {peer_id:?}'s"
+            ));
+        }
         let forest = self.storage.forest();
         if !forest.is_ready() {
             return PeerResponse::NotReady;
         }
-        let peer = self.ring.members().iter().position(|m| m == from);
         let now = self.clock.now_micros();
         let mut partitions = Vec::new();
         for (partition, theirs) in roots.into_iter().filter(|(p, _)| *p < self.ring.partitions()) {
             if forest.root(partition) != theirs {
                 partitions.push((partition, forest.inner(partition).to_vec()));
-                if let Some(peer) = peer {
-                    self.agreement.differed(partition, peer, now);
-                }
-            } else if let Some(peer) = peer {
-                self.agreement.agreed(partition, peer, now);
+                self.agreement.differed(partition, session.peer, now);
+            } else {
+                self.agreement.agreed(partition, session.peer, now);
             }
         }
         PeerResponse::Inner { partitions }
@@ -104,11 +152,27 @@ impl PeerService {
         Ok(PeerResponse::Entries { leaves, unserved })
     }
 
-    async fn exchange(&self, push: Vec<KeyedRecord>, pull: Vec<Bytes>) -> Result<PeerResponse, StorageError> {
-        let applies = push.into_iter().map(|r| self.storage.apply(r.key, r.record));
+    /// Applies the admitted records of `push` (a refused one reads as not applied, like
+    /// a stale one: the message layout is the peer protocol's version 1) and reads `pull`.
+    async fn exchange(
+        &self,
+        session: &PeerSession,
+        push: Vec<KeyedRecord>,
+        pull: Vec<Bytes>,
+    ) -> Result<PeerResponse, StorageError> {
+        let pushed = push.len();
+        let (admitted, refused) = admit(push, &self.limits, self.clock.now_micros());
+        let from = format!("pushed by {} ({})", self.ring.members()[session.peer], session.remote);
+        log_refusals(&refused, pushed, &from);
+        let applies = admitted.into_iter().map(|r| async move {
+            match r {
+                Some(r) => self.storage.apply(r.key, r.record).await.map(|a| a.applied),
+                None => Ok(false),
+            }
+        });
         let mut applied = Vec::new();
         for outcome in join_all(applies).await {
-            applied.push(outcome?.applied);
+            applied.push(outcome?);
         }
         let (records, unserved) = self.read_up_to(pull, EXCHANGE_BYTES).await?;
         Ok(PeerResponse::Exchanged {
@@ -150,16 +214,17 @@ impl PeerService {
     }
 }
 
-impl Handler for PeerService {
+impl Handler for PeerSession {
     type Request = PeerRequest;
     type Response = PeerResponse;
 
     async fn handle(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
+        let service = &self.service;
         let result = match request {
             PeerRequest::Ping => Ok(PeerResponse::Pong),
-            PeerRequest::Roots { from, roots } => Ok(self.roots(&from, roots)),
-            PeerRequest::Leaves { leaves } => self.leaves(leaves).await,
-            PeerRequest::Exchange { push, pull } => self.exchange(push, pull).await,
+            PeerRequest::Roots { from, roots } => Ok(service.roots(&self, &from, roots)),
+            PeerRequest::Leaves { leaves } => service.leaves(leaves).await,
+            PeerRequest::Exchange { push, pull } => service.exchange(&self, push, pull).await,
         };
         result.unwrap_or_else(|e| PeerResponse::Error(e.to_string()))
     }

@@ -178,7 +178,9 @@ impl TestCluster {
 
     pub fn client_config(&self) -> ClientConfig {
         let seeds = self.config.nodes.iter().map(|n| n.addr).collect();
-        ClientConfig::new(seeds, self.client_identity())
+        let mut config = ClientConfig::new(seeds, self.client_identity());
+        config.max_clock_skew = self.config.max_clock_skew();
+        config
     }
 
     pub async fn client(&self) -> Client {

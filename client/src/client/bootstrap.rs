@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::Clock;
 use crate::error::ClientError;
 use crate::net::bind_udp;
 use crate::transport::{dial, Destination, MuxConnection, TransportError};
@@ -78,15 +77,25 @@ pub fn client_endpoint(seeds: &[SocketAddr]) -> Result<quinn::Endpoint, ClientEr
     )?)
 }
 
-/// A writer id unlikely to collide with another client's.
-pub fn random_writer_id(clock: &dyn Clock) -> u64 {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&clock.now_micros().to_le_bytes());
-    hasher.update(&std::process::id().to_le_bytes());
-    let local = 0u8;
-    hasher.update(&(&local as *const u8 as usize).to_le_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_bytes()[..8]);
-    u64::from_le_bytes(first)
+/// A writer id from the OS random source (through the TLS crypto provider's), so two
+/// clients collide only by chance (one in 2^64 per pair), never because they started in
+/// the same microsecond with the same pid.
+pub fn random_writer_id() -> Result<u64, ClientError> {
+    let mut bytes = [0u8; 8];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|e| ClientError::Randomness(format!("{e:?}")))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_writer_id;
+
+    #[test]
+    fn writer_ids_drawn_at_once_differ() {
+        let ids: std::collections::HashSet<u64> = (0..64).map(|_| random_writer_id().unwrap()).collect();
+        assert_eq!(ids.len(), 64, "64 draws, 64 distinct ids");
+    }
 }

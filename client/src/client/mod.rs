@@ -28,7 +28,7 @@ use crate::options::{ReadOptions, RepairMode, WriteOptions};
 use crate::ring::Ring;
 use crate::tls::TlsIdentity;
 use crate::transport::{ConnectionPool, Destination, EncodedRequest};
-use crate::version::{HybridClock, Version};
+use crate::version::{ClockExhausted, HybridClock, Version, DEFAULT_MAX_CLOCK_SKEW};
 use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
 use fanout::{same_to_all, Background, Health, HintPolicy};
@@ -47,16 +47,25 @@ pub struct ClientConfig {
     pub writer_id: Option<u64>,
     /// Wall clock for version timestamps.
     pub clock: Arc<dyn Clock>,
+    /// The cluster's clock-skew limit (cluster.toml `limits.max_clock_skew_ms`): a version
+    /// read that leads this client's clock by more is not followed by its clock (see
+    /// [`HybridClock::observe`]). The member list a seed sends does not carry it (that
+    /// message's layout is fixed by the client protocol's version), so it is configured
+    /// here; the CLI takes it from cluster.toml, and [`DEFAULT_MAX_CLOCK_SKEW`] matches
+    /// the cluster's default.
+    pub max_clock_skew: Duration,
 }
 
 impl ClientConfig {
-    /// A configuration with a random writer id and the system clock.
+    /// A configuration with a random writer id, the system clock and the default
+    /// clock-skew limit.
     pub fn new(seeds: Vec<SocketAddr>, identity: TlsIdentity) -> ClientConfig {
         ClientConfig {
             seeds,
             identity,
             writer_id: None,
             clock: system_clock(),
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
@@ -96,6 +105,8 @@ struct Inner {
     /// Issues versions; advanced past every version read.
     hlc: Mutex<HybridClock>,
     clock: Arc<dyn Clock>,
+    /// Versions read further than this ahead of `clock` (µs) do not move `hlc`.
+    max_skew_micros: u64,
     /// One cached connection per member, re-dialled when it breaks.
     nodes: ConnectionPool<Request, Response>,
     /// Members that failed recently.
@@ -114,9 +125,10 @@ impl Client {
         let ids: Vec<String> = cluster.members.iter().map(|m| m.id.clone()).collect();
         let ring = Ring::new(&ids, cluster.partitions, cluster.replication_factor)
             .map_err(|e| ClientError::NoSeed(format!("the seed sent an unusable member list: {e}")))?;
-        let writer = config
-            .writer_id
-            .unwrap_or_else(|| random_writer_id(config.clock.as_ref()));
+        let writer = match config.writer_id {
+            Some(writer) => writer,
+            None => random_writer_id()?,
+        };
         let destinations = cluster.members.iter().map(Destination::of).collect();
         let max_frame = max_response_frame(&cluster);
         let inner = Inner {
@@ -126,6 +138,7 @@ impl Client {
             ring,
             hlc: Mutex::new(HybridClock::new(writer)),
             clock: config.clock,
+            max_skew_micros: config.max_clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
             repair_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_REPAIRS)),
             stats: ClientStats::default(),
         };
@@ -266,7 +279,7 @@ impl Client {
     async fn write(&self, key: Bytes, value: Option<Bytes>, options: &WriteOptions) -> Result<Version, ClientError> {
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
-        let version = self.next_version();
+        let version = self.next_version()?;
         let record = Record { version, value };
         let request = Request::Put {
             epoch: self.inner.ring.epoch(),
@@ -296,13 +309,21 @@ impl Client {
         result.map(|_| version)
     }
 
-    fn next_version(&self) -> Version {
+    fn next_version(&self) -> Result<Version, ClockExhausted> {
         let now = self.inner.clock.now_micros();
         lock(&self.inner.hlc).next(now)
     }
 
+    /// Moves the clock past `seen`, unless it is beyond the clock-skew limit (logged).
     fn observe(&self, seen: Version) {
-        lock(&self.inner.hlc).observe(seen);
+        let now = self.inner.clock.now_micros();
+        if !lock(&self.inner.hlc).observe(seen, now, self.inner.max_skew_micros) {
+            tracing::warn!(
+                "not following version {seen}: it is {} ms ahead of this client's clock (limit {} ms)",
+                seen.micros.saturating_sub(now) / 1000,
+                self.inner.max_skew_micros / 1000
+            );
+        }
     }
 }
 
