@@ -10,7 +10,7 @@ use quorumkv_client::ring::Ring;
 use super::{KeyedRecord, PeerRequest, PeerResponse, EXCHANGE_BYTES};
 use crate::antientropy::Agreement;
 use crate::merkle::Hash;
-use crate::server::Handler;
+use crate::server::{AnswerSize, Handler};
 use crate::storage::{Storage, StorageError};
 
 /// Reads of pulled keys in flight at once.
@@ -126,6 +126,14 @@ impl Handler for PeerService {
             PeerRequest::Exchange { push, pull } => self.exchange(push, pull).await,
         };
         result.unwrap_or_else(|e| PeerResponse::Error(e.to_string()))
+    }
+
+    /// A pong is small; anti-entropy and hint answers may fill a frame.
+    fn answer_size(&self, request: &PeerRequest) -> AnswerSize {
+        match request {
+            PeerRequest::Ping => AnswerSize::Small,
+            _ => AnswerSize::Large,
+        }
     }
 
     fn malformed(&self, why: String) -> PeerResponse {
