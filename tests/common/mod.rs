@@ -179,6 +179,20 @@ impl TestCluster {
         ClientConfig::new(seeds, self.client_identity())
     }
 
+    /// A raw QUIC connection to node `i` with the client configuration `tls` (for tests
+    /// that speak the protocol frame by frame).
+    pub async fn raw_connection(&self, i: usize, tls: quinn::ClientConfig) -> quinn::Connection {
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
+        let node = &self.config.nodes[i];
+        endpoint
+            .connect_with(tls, node.addr, &node.id)
+            .unwrap()
+            .await
+            .expect("TLS handshake")
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(self.client_config()).await.expect("client connects")
     }
