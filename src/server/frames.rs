@@ -58,8 +58,8 @@ pub enum ReadRequestError {
 pub struct RequestBody {
     /// The frame body.
     pub bytes: Bytes,
-    /// Budget taken for it (0 for a small frame); given back on drop.
-    grant: Grant,
+    /// Budget taken for it (none for a small frame); given back on drop.
+    grant: Option<Grant>,
 }
 
 /// Budget bytes taken from a connection's frame budget, given back on drop.
@@ -162,15 +162,15 @@ impl RequestReader {
         let bytes = self.buf.split_to(len).freeze();
         self.deadline = None;
         let granted = std::mem::take(&mut self.granted);
-        if granted > 0 {
+        let grant = (granted > 0).then(|| {
             // The buffer still points into the large frame's allocation and would keep
             // it once the frame is gone: keep only the bytes after the frame.
             self.buf = BytesMut::from(&self.buf[..]);
-        }
-        let grant = Grant {
-            budget: self.budget.clone(),
-            bytes: granted,
-        };
+            Grant {
+                budget: self.budget.clone(),
+                bytes: granted,
+            }
+        });
         Ok(Some(RequestBody { bytes, grant }))
     }
 
@@ -205,7 +205,7 @@ impl RequestReader {
             }
             self.buf.reserve(LENGTH_PREFIX + len - self.buf.len());
         }
-        (LENGTH_PREFIX + len - self.buf.len()).min(self.max_frame.max(SMALL_FRAME))
+        LENGTH_PREFIX + len - self.buf.len()
     }
 
     /// Reads the rest of the frame under way, failing once its deadline (set here, at
