@@ -16,7 +16,7 @@
 //! gives it back once its response is handed to quinn, and frames larger than
 //! [`frames::SMALL_FRAME`] take their length from the connection's frame budget while
 //! they arrive. A stream that cannot get budget is not read, so QUIC flow control holds
-//! its client back. [`ConnectionLimits`] states the bound. Request tasks are bounded by a
+//! its client back. [`ConnectionLimits::memory_bound`] states the bound. Request tasks are bounded by a
 //! semaphore, requests handed to storage by its queues; shutdown waits for both.
 
 pub mod budget;
@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
-use quorumkv_client::wire::{decode, Frame, FrameSizeHint, FRAME_OVERHEAD, PEER_ALPN};
+use quorumkv_client::tls::{CONNECTION_WINDOW, MAX_BIDI_STREAMS, SEND_WINDOW};
+use quorumkv_client::wire::{decode, Frame, FrameSizeHint, FRAME_OVERHEAD, LENGTH_PREFIX, PEER_ALPN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -120,6 +121,25 @@ impl ConnectionLimits {
             frame_budget: PARTIAL_FRAMES * max_frame,
             frame_timeout,
         }
+    }
+}
+
+impl ConnectionLimits {
+    /// The most memory, in bytes, one connection of this protocol can make the node
+    /// hold (allocator overhead comes on top):
+    /// - data quinn received and the node has not read: the connection's flow-control
+    ///   window, whatever the number of streams ([`CONNECTION_WINDOW`]);
+    /// - data written to quinn and not yet acknowledged ([`SEND_WINDOW`]), plus one frame
+    ///   whose allocation a partly acknowledged write keeps;
+    /// - large frames being received, and their decoded copies while they wait for the
+    ///   answer budget: twice the frame budget;
+    /// - small frames buffered per stream, and their decoded copies:
+    ///   [`MAX_BIDI_STREAMS`] × 2 × ([`frames::SMALL_FRAME`] + a length prefix);
+    /// - requests in progress and answers not yet handed to quinn: the answer budget.
+    pub fn memory_bound(&self) -> usize {
+        let quic = CONNECTION_WINDOW as usize + SEND_WINDOW as usize + self.max_frame;
+        let small_frames = MAX_BIDI_STREAMS as usize * 2 * (frames::SMALL_FRAME + LENGTH_PREFIX);
+        quic + 2 * self.frame_budget + small_frames + self.answer_budget
     }
 }
 
