@@ -89,6 +89,12 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// A write whose version is further than this ahead of the node's clock is refused.
     pub max_clock_skew_ms: u64,
+    /// A request frame must arrive whole within this long from its first byte, or its
+    /// stream is closed (a client that stalls mid-frame must not pin the node's memory).
+    /// Time the node itself makes a large frame wait for memory is not counted. The
+    /// default, like QUIC's idle timeout, is 30 s: a 4 MiB value then needs a link of at
+    /// least ~140 KB/s.
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +103,7 @@ impl Default for Limits {
             max_key_bytes: 1024,
             max_value_bytes: 4 << 20,
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW.as_millis() as u64,
+            frame_timeout_ms: 30_000,
         }
     }
 }
@@ -344,6 +351,9 @@ impl ClusterConfig {
                 "limits.max_value_bytes = {}: at most {MAX_VALUE_LIMIT} (64 MiB) is supported",
                 l.max_value_bytes
             ));
+        }
+        if l.frame_timeout_ms == 0 {
+            problems.push("limits.frame_timeout_ms = 0: must be positive, e.g. 30000".into());
         }
         if self.durability.mode == DurabilityMode::Periodic && self.durability.interval_ms == 0 {
             problems.push("durability.interval_ms = 0: periodic mode needs a positive interval, e.g. 100".into());

@@ -28,7 +28,8 @@ use crate::context::NodeContext;
 use crate::peer::detector::ping_loop;
 use crate::peer::{peer_max_frame, peer_pool, FailureDetector, PeerService};
 use crate::replica::Replica;
-use crate::server::{accept_loop, ServerContext};
+use crate::server::budget::{MemoryGauges, MemoryUse};
+use crate::server::{accept_loop, ConnectionLimits, ServerContext, CLIENT_ANSWER_FRAMES, PEER_ANSWER_FRAMES};
 use crate::storage::{FjallStorage, Storage, StoreOptions};
 use crate::{hints, pki, tombstones};
 
@@ -101,6 +102,10 @@ pub struct Node {
     shutdown: CancellationToken,
     /// Every connection and request task.
     tracker: TaskTracker,
+    /// Bytes held for connections (answers queued, frames received in part).
+    gauges: Arc<MemoryGauges>,
+    /// What one client connection may make this node hold.
+    client_limits: ConnectionLimits,
 }
 
 impl Node {
@@ -146,9 +151,9 @@ impl Node {
             ring,
             ctx.limits,
         ));
-        let client_frame = config.limits.max_key_bytes + config.limits.max_value_bytes + FRAME_OVERHEAD;
-        let frames = (client_frame, peer_max_frame(config));
-        let server = ServerContext::new(replica, peers, shutdown.clone(), tracker.clone(), frames);
+        let limits = connection_limits(config);
+        let server = ServerContext::new(replica, peers, shutdown.clone(), tracker.clone(), limits);
+        let gauges = server.gauges.clone();
         tracker.spawn(accept_loop(endpoint.clone(), server));
         spawn_background(&ctx, &shutdown, &tracker);
         tracing::info!(
@@ -162,6 +167,8 @@ impl Node {
             ctx,
             shutdown,
             tracker,
+            gauges,
+            client_limits: limits.0,
         })
     }
 
@@ -183,6 +190,16 @@ impl Node {
     /// State shared by the node's services (status, anti-entropy, ...).
     pub fn context(&self) -> &Arc<NodeContext> {
         &self.ctx
+    }
+
+    /// Bytes this node holds for its connections now, and their peaks.
+    pub fn memory(&self) -> MemoryUse {
+        self.gauges.read()
+    }
+
+    /// What one client connection may make this node hold.
+    pub fn client_limits(&self) -> ConnectionLimits {
+        self.client_limits
     }
 
     /// Whether storage failed fatally (the process should exit non-zero).
@@ -229,6 +246,16 @@ impl Node {
             }
         }
     }
+}
+
+/// The limits of a client connection and of a peer connection under `config`.
+pub fn connection_limits(config: &ClusterConfig) -> (ConnectionLimits, ConnectionLimits) {
+    let timeout = Duration::from_millis(config.limits.frame_timeout_ms);
+    let client_frame = config.limits.max_key_bytes + config.limits.max_value_bytes + FRAME_OVERHEAD;
+    (
+        ConnectionLimits::new(client_frame, CLIENT_ANSWER_FRAMES, timeout),
+        ConnectionLimits::new(peer_max_frame(config), PEER_ANSWER_FRAMES, timeout),
+    )
 }
 
 /// Starts the background services: pings, anti-entropy, hint delivery, tombstone purge

@@ -19,7 +19,7 @@ use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Rec
 use crate::admission::Refusal;
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
-use crate::server::{Handler, Reply};
+use crate::server::{AnswerSize, Handler, Reply};
 use crate::storage::{Applied, HintStored, StorageError};
 
 /// Answers client requests from this node's storage.
@@ -168,6 +168,15 @@ impl Handler for Replica {
             other => return Some(other),
         }
         None
+    }
+
+    /// Only a record (or the cluster's description, or a status) can be large; an
+    /// acknowledgement, a version or a refusal is small.
+    fn answer_size(&self, request: &Request) -> AnswerSize {
+        match request {
+            Request::Get { .. } | Request::Members | Request::Status => AnswerSize::Large,
+            Request::Put { .. } | Request::PutHint { .. } | Request::GetVersion { .. } => AnswerSize::Small,
+        }
     }
 
     fn malformed(&self, why: String) -> Response {

@@ -206,8 +206,9 @@ async fn version_reads_and_protocol_1_clients_are_served() {
 }
 
 /// A client that sends many reads on one stream and only then starts reading gets every
-/// answer: with a small receive window the node's responses back up past its per-stream
-/// queue, and the replies that find it full wait for room instead of being dropped.
+/// answer: with a small receive window the node's responses back up until the
+/// connection's answer budget is used up, the node stops reading requests, and it
+/// resumes as the client reads; no answer is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_late_gets_every_response() {
     const READS: u64 = 3000;

@@ -19,12 +19,18 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// A connection with no traffic (not even keep-alives) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent bidirectional streams a peer may open: the lanes plus one stream per large
-/// value in flight.
-const MAX_BIDI_STREAMS: u32 = 1024;
+/// value in flight. Each open stream may hold a partly received small frame on the node
+/// (up to 16 KiB), so this also bounds that memory per connection; more large values in
+/// flight than this wait for a stream, as they would wait for the node's frame budget.
+pub const MAX_BIDI_STREAMS: u32 = 256;
 /// Per-stream flow-control window: room for one maximum-size value without stalls.
 const STREAM_WINDOW: u32 = 8 << 20;
-/// Per-connection flow-control window.
-const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Per-connection flow-control window: the most received data quinn buffers for a
+/// connection before the application reads it, whatever the number of streams.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Bytes quinn keeps per connection of what was written and not yet acknowledged
+/// (quinn's default, named because it is part of the memory bound per connection).
+pub const SEND_WINDOW: u64 = 10_000_000;
 
 /// A certificate chain with its private key, and the CA that the peer must be signed by.
 #[derive(Debug)]
@@ -148,6 +154,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+    t.send_window(SEND_WINDOW);
+    // No unreliable datagrams in either protocol: none may be buffered unread.
+    t.datagram_receive_buffer_size(None);
     t.keep_alive_interval(Some(KEEP_ALIVE));
     // IDLE_TIMEOUT is far below the VarInt limit, so the conversion cannot fail.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());

@@ -22,7 +22,7 @@ use super::{
 use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
 use crate::merkle::Hash;
-use crate::server::Handler;
+use crate::server::{AnswerSize, Handler};
 use crate::storage::{Entry, Storage, StorageError};
 
 /// Reads of pulled keys in flight at once.
@@ -227,6 +227,14 @@ impl Handler for PeerSession {
             PeerRequest::Exchange { push, pull } => service.exchange(&self, push, pull).await,
         };
         result.unwrap_or_else(|e| PeerResponse::Error(e.to_string()))
+    }
+
+    /// A pong is small; anti-entropy and hint answers may fill a frame.
+    fn answer_size(&self, request: &PeerRequest) -> AnswerSize {
+        match request {
+            PeerRequest::Ping => AnswerSize::Small,
+            _ => AnswerSize::Large,
+        }
     }
 
     fn malformed(&self, why: String) -> PeerResponse {

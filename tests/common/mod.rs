@@ -183,6 +183,20 @@ impl TestCluster {
         config
     }
 
+    /// A raw QUIC connection to node `i` with the client configuration `tls` (for tests
+    /// that speak the protocol frame by frame).
+    pub async fn raw_connection(&self, i: usize, tls: quinn::ClientConfig) -> quinn::Connection {
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
+        let node = &self.config.nodes[i];
+        endpoint
+            .connect_with(tls, node.addr, &node.id)
+            .unwrap()
+            .await
+            .expect("TLS handshake")
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(self.client_config()).await.expect("client connects")
     }
@@ -250,6 +264,54 @@ pub async fn copies(client: &Client, ids: &[String], key: &str) -> Result<Vec<Op
         );
     }
     Ok(out)
+}
+
+/// Log lines captured by [`capture_logs`].
+pub type CapturedLogs = Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Installs, for this test binary, a subscriber that also keeps every log line (without
+/// colours) in memory; call it before anything logs. Returns the captured lines.
+pub fn capture_logs() -> CapturedLogs {
+    static CAPTURED: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    CAPTURED
+        .get_or_init(|| {
+            let captured = CapturedLogs::default();
+            let sink = captured.clone();
+            let filter = tracing_subscriber::EnvFilter::new("info,quorumkv=debug");
+            let installed = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(move || Tee(sink.clone()))
+                .try_init();
+            assert!(installed.is_ok(), "capture_logs must run before anything else logs");
+            captured
+        })
+        .clone()
+}
+
+/// The captured log lines that contain `needle`.
+pub fn logged(captured: &CapturedLogs, needle: &str) -> Vec<String> {
+    let bytes = captured.lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Writes log output to the test's output and to the capture buffer.
+struct Tee(CapturedLogs);
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        eprint!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn init_tracing() {
