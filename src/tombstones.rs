@@ -109,29 +109,15 @@ fn purgeable(ctx: &NodeContext, tombstone: &Tombstone, now: u64) -> bool {
 mod tests {
     use std::collections::HashSet;
 
-    use quorumkv_client::clock::system_clock;
-
     use super::*;
-    use crate::config::DurabilityMode;
-    use crate::storage::{test_record, FjallStorage, StoreOptions};
-
-    fn options() -> StoreOptions {
-        StoreOptions {
-            durability: DurabilityMode::Sync,
-            interval: Duration::from_millis(100),
-            partitions: 256,
-            max_hints_per_node: 3,
-            cache_bytes: 32 << 20,
-            memtable_bytes: 8 << 20,
-        }
-    }
+    use crate::storage::{test_record, test_store};
 
     /// Steady deletes keep adding tombstones that are not eligible yet; they must not hide
     /// the eligible ones behind them in hash order from every pass.
     #[tokio::test]
     async fn passes_walk_every_tombstone_even_when_the_first_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FjallStorage::open(dir.path(), options(), system_clock()).unwrap();
+        let store = test_store(dir.path());
         for i in 0..50u64 {
             store
                 .apply(Bytes::from(format!("k{i}")), test_record(10, None))
@@ -162,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn a_pass_wraps_round_after_the_last_tombstone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FjallStorage::open(dir.path(), options(), system_clock()).unwrap();
+        let store = test_store(dir.path());
         for i in 0..15u64 {
             store
                 .apply(Bytes::from(format!("k{i}")), test_record(10, None))

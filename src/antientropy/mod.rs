@@ -122,12 +122,17 @@ impl AntiEntropy {
     /// Every `anti_entropy_interval` (plus jitter), a sync with `peer` if it is up.
     async fn peer_loop(&self, peer: usize, shutdown: &CancellationToken) {
         let interval = Duration::from_millis(self.ctx.convergence.anti_entropy_interval_ms);
-        let shared: Vec<u32> = self
+        let mut shared: Vec<u32> = self
             .ctx
             .my_partitions()
             .into_iter()
             .filter(|p| self.ctx.ring.replicas(*p).contains(&peer))
             .collect();
+        // Each peer's syncs start at a different place, so a node refilling from several
+        // peers at once pulls different partitions from each instead of every key twice.
+        let members = self.ctx.ring.members().len().max(1);
+        let start = shared.len() * peer / members;
+        shared.rotate_left(start);
         let seed = (self.ctx.me as u64) << 32 | peer as u64;
         loop {
             let wait = interval + jitter(interval / 4, self.ctx.clock.now_micros() ^ seed);

@@ -511,27 +511,30 @@ fn spawn_thread(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), S
 // Storage keys start with the 8-byte hash; keep the codec and the range scan in step.
 const _: () = assert!(HASH_PREFIX == 8);
 
+/// A store in `dir` for unit tests: sync durability, 256 partitions, 3 hints per owner.
+#[cfg(test)]
+pub(crate) fn test_store(dir: &Path) -> FjallStorage {
+    let options = StoreOptions {
+        durability: DurabilityMode::Sync,
+        interval: Duration::from_millis(100),
+        partitions: 256,
+        max_hints_per_node: 3,
+        cache_bytes: 32 << 20,
+        memtable_bytes: 64 << 20,
+    };
+    let clock = quorumkv_client::clock::system_clock();
+    FjallStorage::open(dir, options, clock).expect("a test store opens")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quorumkv_client::clock::system_clock;
     use quorumkv_client::ring::key_hash;
 
     use crate::storage::test_record as record;
 
-    fn options() -> StoreOptions {
-        StoreOptions {
-            durability: DurabilityMode::Sync,
-            interval: Duration::from_millis(100),
-            partitions: 256,
-            max_hints_per_node: 3,
-            cache_bytes: 32 << 20,
-            memtable_bytes: 64 << 20,
-        }
-    }
-
     fn open(dir: &Path) -> FjallStorage {
-        FjallStorage::open(dir, options(), system_clock()).unwrap()
+        test_store(dir)
     }
 
     #[tokio::test]

@@ -21,6 +21,8 @@ use quorumkv_client::wire::{HeldVersion, Record};
 use quorumkv_client::Version;
 
 pub use codec::{decode_record, encode_record};
+#[cfg(test)]
+pub(crate) use fjall_store::test_store;
 pub use fjall_store::{FjallStorage, StoreOptions};
 pub use forest::Forest;
 
