@@ -6,6 +6,8 @@
 //! `wait_until` polls a condition with a deadline and reports the last state seen.
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
