@@ -7,12 +7,11 @@
 //! test fails when the fsync before the acknowledgement is missing. A SIGKILL alone
 //! (tests/restart.rs) cannot show that: the page cache survives it.
 //!
-//! Needs `/dev/fuse` and either root or `fusermount3` (Debian package fuse3); without them
-//! the tests say why and pass without running.
+//! Needs FUSE: `/dev/fuse`, and root or `fusermount3` (Debian package fuse3); without it
+//! the tests say why (`lazyfs --check`) and pass without running.
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -22,14 +21,40 @@ use common::processes::{connect, node_log, Processes};
 use common::{config_text, free_addrs, wait_until, Shape};
 use quorumkv_client::{ClientConfig, Version};
 
-/// Writes acknowledged before the node is killed (writers keep going until the kill).
-const ACKED_BEFORE_KILL: usize = 400;
-
 /// Concurrent writers, so group commits cover several writes each.
 const WRITERS: usize = 8;
 
 /// `periodic` mode's fsync interval: far longer than the test, so no periodic fsync runs.
 const PERIODIC_INTERVAL_MS: u64 = 60_000;
+
+/// How a run writes.
+struct Scenario {
+    /// `[durability] mode`.
+    durability: &'static str,
+    /// Extra cluster.toml text.
+    extra: &'static str,
+    /// Padding added to each value, to fill memtables sooner.
+    value_padding: usize,
+    /// Writes acknowledged before the node is killed (writers keep going until the kill).
+    acked_before_kill: usize,
+}
+
+/// Small writes into one memtable and one journal: nothing is flushed.
+const SMALL: Scenario = Scenario {
+    durability: "sync",
+    extra: "",
+    value_padding: 0,
+    acked_before_kill: 400,
+};
+
+/// 1 MiB memtables and 4 KiB values: the records memtable is sealed and flushed to a
+/// table, with its journal, several times before the kill.
+const FLUSHING: Scenario = Scenario {
+    durability: "sync",
+    extra: "[storage]\nmemtable_mb = 1",
+    value_padding: 4096,
+    acked_before_kill: 1500,
+};
 
 /// What survived a power cut.
 #[derive(Debug)]
@@ -42,7 +67,7 @@ struct Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_keeps_every_acknowledged_write_through_a_power_cut() {
-    let Some(outcome) = power_cut_after_writes("sync").await else {
+    let Some(outcome) = power_cut_after_writes(SMALL).await else {
         return;
     };
     assert_eq!(
@@ -52,8 +77,24 @@ async fn sync_mode_keeps_every_acknowledged_write_through_a_power_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_keeps_every_acknowledged_write_through_flushes_and_a_power_cut() {
+    let Some(outcome) = power_cut_after_writes(FLUSHING).await else {
+        return;
+    };
+    assert_eq!(
+        outcome.found, outcome.acked,
+        "sync mode lost acknowledged writes in a power cut after flushes: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_mode_loses_acknowledged_writes_in_a_power_cut() {
-    let Some(outcome) = power_cut_after_writes("periodic").await else {
+    let Some(outcome) = power_cut_after_writes(Scenario {
+        durability: "periodic",
+        ..SMALL
+    })
+    .await
+    else {
         return;
     };
     assert!(
@@ -65,7 +106,13 @@ async fn periodic_mode_loses_acknowledged_writes_in_a_power_cut() {
 /// Writes to a one-node cluster whose data directory is on lazyfs, SIGKILLs the node, cuts
 /// the power, remounts, restarts the node and counts the acknowledged writes it serves.
 /// `None` when FUSE is not available here.
-async fn power_cut_after_writes(durability: &str) -> Option<Outcome> {
+async fn power_cut_after_writes(scenario: Scenario) -> Option<Outcome> {
+    let Scenario {
+        durability,
+        extra,
+        value_padding,
+        acked_before_kill,
+    } = scenario;
     if let Some(reason) = fuse_unavailable() {
         println!("skipped: {reason}");
         return None;
@@ -89,7 +136,7 @@ async fn power_cut_after_writes(durability: &str) -> Option<Outcome> {
         ..Shape::three()
     }
     .with(&format!(
-        "[durability]\nmode = \"{durability}\"\ninterval_ms = {PERIODIC_INTERVAL_MS}"
+        "[durability]\nmode = \"{durability}\"\ninterval_ms = {PERIODIC_INTERVAL_MS}\n{extra}"
     ));
     std::fs::write(&config_path, config_text(&shape, &free_addrs(1))).unwrap();
     let config = quorumkv::config::ClusterConfig::load(&config_path).unwrap();
@@ -99,7 +146,7 @@ async fn power_cut_after_writes(durability: &str) -> Option<Outcome> {
 
     let mount = LazyFs::mount(&backing, &mountpoint).await;
     let mut node = Processes::start(&config_path, &ids);
-    let acked = write_until_killed(&client_config, &mut node).await;
+    let acked = write_until_killed(&client_config, &mut node, value_padding, acked_before_kill).await;
     let cut = mount.cut_power();
     println!("{durability}: {cut}");
 
@@ -110,7 +157,7 @@ async fn power_cut_after_writes(durability: &str) -> Option<Outcome> {
     for (key, version) in &acked {
         if let Some(copy) = client.get_from("n1", key.clone()).await.expect("n1 answers") {
             assert!(copy.version >= *version, "n1 holds an older version of {key}");
-            assert_eq!(copy.value.unwrap(), format!("value of {key}"));
+            assert_eq!(copy.value.unwrap(), value_of(key, value_padding));
             found += 1;
         }
     }
@@ -119,17 +166,23 @@ async fn power_cut_after_writes(durability: &str) -> Option<Outcome> {
         found,
     };
     println!(
-        "{durability}: {} writes acknowledged, {} found after the power cut ({:.1} s)",
+        "{durability}: {} writes acknowledged, {} found after the power cut; {} ({:.1} s)",
         outcome.acked,
         outcome.found,
+        count_files(&backing),
         started.elapsed().as_secs_f64()
     );
     Some(outcome)
 }
 
-/// Runs writers until [`ACKED_BEFORE_KILL`] writes are acknowledged, then SIGKILLs the node
+/// Runs writers until `count` writes are acknowledged, then SIGKILLs the node
 /// with writes still in flight. Returns every acknowledged write.
-async fn write_until_killed(client_config: &ClientConfig, node: &mut Processes) -> Vec<(String, Version)> {
+async fn write_until_killed(
+    client_config: &ClientConfig,
+    node: &mut Processes,
+    padding: usize,
+    count: usize,
+) -> Vec<(String, Version)> {
     let client = connect(client_config).await;
     let acked: Arc<Mutex<Vec<(String, Version)>>> = Arc::default();
     let mut writers = Vec::new();
@@ -138,7 +191,7 @@ async fn write_until_killed(client_config: &ClientConfig, node: &mut Processes) 
         writers.push(tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("w{writer}-k{i}");
-                match client.put(key.clone(), format!("value of {key}")).await {
+                match client.put(key.clone(), value_of(&key, padding)).await {
                     Ok(version) => acked.lock().unwrap().push((key, version)),
                     Err(_) => return,
                 }
@@ -147,7 +200,7 @@ async fn write_until_killed(client_config: &ClientConfig, node: &mut Processes) 
     }
     wait_until("writes acknowledged", Duration::from_secs(60), || async {
         let n = acked.lock().unwrap().len();
-        if n >= ACKED_BEFORE_KILL {
+        if n >= count {
             Ok(())
         } else {
             Err(format!("{n} acknowledged"))
@@ -160,6 +213,31 @@ async fn write_until_killed(client_config: &ClientConfig, node: &mut Processes) 
     }
     let acked = acked.lock().unwrap().clone();
     acked
+}
+
+/// The value written under `key`: it names the key, then `padding` bytes.
+fn value_of(key: &str, padding: usize) -> String {
+    format!("value of {key}{}", "-".repeat(padding))
+}
+
+/// How many journals and tables fjall left in `backing` (shows whether memtables were
+/// flushed and journals rotated).
+fn count_files(backing: &Path) -> String {
+    let (mut journals, mut tables) = (0, 0);
+    let mut dirs = vec![backing.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "jnl") {
+                journals += 1;
+            } else if dir.file_name().is_some_and(|n| n == "tables") {
+                tables += 1;
+            }
+        }
+    }
+    format!("{journals} journals and {tables} tables on disk")
 }
 
 /// Connects once the restarted node serves; if it never does, the failure shows its log
@@ -178,18 +256,27 @@ async fn connect_or_show_log(client_config: &ClientConfig, config_path: &Path) -
     .await
 }
 
-/// Why FUSE cannot be mounted here, if it cannot.
+/// Why FUSE cannot be mounted here, if it cannot (`lazyfs --check`).
 fn fuse_unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse does not exist (no FUSE in this kernel or container)".into());
+    let check = Command::new(lazyfs_binary())
+        .arg("--check")
+        .output()
+        .expect("run lazyfs --check");
+    match check.status.success() {
+        true => None,
+        false => Some(String::from_utf8_lossy(&check.stdout).trim().to_string()),
     }
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let fusermount = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("fusermount3").exists()));
-    if !root && !fusermount {
-        return Some("not root and no fusermount3 to mount FUSE with (Debian: apt-get install fuse3)".into());
-    }
-    None
+}
+
+/// The lazyfs binary, built beside quorumkv by `cargo test --workspace`.
+fn lazyfs_binary() -> PathBuf {
+    let binary = Path::new(env!("CARGO_BIN_EXE_quorumkv")).with_file_name("lazyfs");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p lazyfs` (`cargo test --workspace` builds it)",
+        binary.display()
+    );
+    binary
 }
 
 /// A running `lazyfs BACKING MOUNTPOINT` process; dropping it cuts the power.
@@ -203,14 +290,8 @@ struct LazyFs {
 impl LazyFs {
     /// Mounts `backing` at `mountpoint` and waits until it serves.
     async fn mount(backing: &Path, mountpoint: &Path) -> LazyFs {
-        let binary = Path::new(env!("CARGO_BIN_EXE_quorumkv")).with_file_name("lazyfs");
-        assert!(
-            binary.exists(),
-            "{} is missing: build it with `cargo build -p lazyfs` (`cargo test --workspace` builds it)",
-            binary.display()
-        );
         let out = backing.with_file_name("lazyfs.out");
-        let mut child = Command::new(&binary)
+        let mut child = Command::new(lazyfs_binary())
             .args([backing, mountpoint])
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::inherit())

@@ -114,6 +114,22 @@ impl Drop for Mounted {
     }
 }
 
+/// Why lazyfs cannot be mounted here, if it cannot: FUSE needs `/dev/fuse` open for
+/// reading and writing, and a non-root user needs `fusermount3` (Debian package fuse3).
+/// Tests skip with this reason rather than fail.
+pub fn unavailable() -> Option<String> {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        return Some(format!("/dev/fuse cannot be opened for reading and writing: {e}"));
+    }
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let fusermount = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("fusermount3").exists()));
+    match root || fusermount {
+        true => None,
+        false => Some("not root and no fusermount3 to mount with (Debian: apt-get install fuse3)".into()),
+    }
+}
+
 /// Unmounts lazily (`MNT_DETACH`): a plain unmount fails with EBUSY while the kernel still
 /// releases files a killed process held, and fuser's own unmount is a plain one. Root
 /// unmounts directly, anyone else through `fusermount3 -u -z`.

@@ -1,13 +1,18 @@
+//! `lazyfs --check`: prints `available` (exit 0) or why FUSE cannot be used here (exit 2).
+//!
 //! `lazyfs BACKING MOUNTPOINT`: mounts lazyfs (see the library docs for what is durable)
 //! and prints `mounted` on stdout once it serves. SIGINT or SIGTERM cuts the power:
 //! unsynced changes are dropped, the filesystem is unmounted and the process exits 0,
 //! printing what was dropped. Mount it again on the same BACKING to see what survived.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
+
+/// Exit status of `--check` when FUSE cannot be used here.
+const UNAVAILABLE: i32 = 2;
 
 /// How often the main thread checks whether someone unmounted the filesystem.
 const UNMOUNT_POLL: Duration = Duration::from_millis(200);
@@ -21,8 +26,18 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    if args.len() == 1 && args[0] == Path::new("--check") {
+        match lazyfs::unavailable() {
+            None => println!("available"),
+            Some(reason) => {
+                println!("{reason}");
+                std::process::exit(UNAVAILABLE);
+            }
+        }
+        return Ok(());
+    }
     let [backing, mountpoint] = args.as_slice() else {
-        return Err("usage: lazyfs BACKING MOUNTPOINT".into());
+        return Err("usage: lazyfs BACKING MOUNTPOINT | lazyfs --check".into());
     };
     // Blocked before any thread starts, so every thread inherits the mask and only the
     // waiter below receives the signals.

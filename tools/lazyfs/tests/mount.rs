@@ -1,12 +1,11 @@
 //! The lazyfs binary through a real FUSE mount: programs see every write, a power cut
 //! (SIGTERM) keeps only what they fsynced, and a remount serves exactly that.
 //!
-//! Needs `/dev/fuse` and either root or `fusermount3`; without them each test says why and
-//! passes without running.
+//! Needs FUSE (see `lazyfs::unavailable`); without it each test says why and passes
+//! without running.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -73,11 +72,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// A temporary directory with `backing/` and `mnt/`, or `None` (after saying why) when
 /// FUSE cannot be mounted here.
 fn setup() -> Option<tempfile::TempDir> {
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let fusermount = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("fusermount3").exists()));
-    if !Path::new("/dev/fuse").exists() || !(root || fusermount) {
-        println!("skipped: FUSE needs /dev/fuse and root or fusermount3 (Debian: apt-get install fuse3)");
+    if let Some(reason) = lazyfs::unavailable() {
+        println!("skipped: {reason}");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
