@@ -4,8 +4,8 @@
 //! backing directory under that lock before answering, so backing writes happen in sync
 //! order and an answered fsync is on the backing directory. Inode and handle numbers are
 //! the model's; file handles are not used (I/O is by inode). Not supported, with the errno
-//! a program sees: symbolic and hard links and device nodes (EPERM), `RENAME_EXCHANGE`
-//! (EINVAL), extended attributes (ENOSYS), `fallocate` (EOPNOTSUPP). Times are not kept:
+//! a program sees: symbolic and hard links (EPERM), device nodes and extended attributes
+//! (ENOSYS), `RENAME_EXCHANGE` (EINVAL), `fallocate` (EOPNOTSUPP). Times are not kept:
 //! every inode reports the mount time.
 
 use std::ffi::OsStr;
@@ -57,8 +57,8 @@ impl LazyFs {
     }
 
     fn model(&self) -> MutexGuard<'_, Model> {
-        // A panic while holding the lock leaves a model that is still consistent enough to
-        // refuse or serve requests; a test tool keeps going rather than hanging the kernel.
+        // No model operation is meant to panic; should one, answering later requests beats
+        // leaving the kernel (and the program under test) waiting on a dead lock.
         self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

@@ -14,8 +14,8 @@
 //! SIGINT or SIGTERM) stops serving, unmounts and drops everything unsynced; mounting
 //! the same backing directory again serves exactly the durable state.
 //!
-//! Limits: only regular files and directories; every file is held in memory (twice while
-//! it has unsynced changes), so it suits a test's data directory, not a disk.
+//! Limits: only regular files and directories; every file is held in memory twice (its
+//! live and its durable bytes), so it suits a test's data directory, not a disk.
 
 pub mod backing;
 pub mod fs;

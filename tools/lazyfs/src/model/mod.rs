@@ -383,7 +383,7 @@ impl Model {
     }
 }
 
-/// Largest file: every file lives in memory, twice when it has unsynced changes. Far
+/// Largest file: every file lives in memory twice (live and durable bytes). Far
 /// above what a test's data directory holds; a write past it gets EFBIG.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
