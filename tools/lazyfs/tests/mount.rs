@@ -73,7 +73,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// FUSE cannot be mounted here.
 fn setup() -> Option<tempfile::TempDir> {
     if let Some(reason) = lazyfs::unavailable() {
-        println!("skipped: {reason}");
+        // Straight to stderr: the test harness would swallow println! of a passing test.
+        let _ = writeln!(std::io::stderr(), "lazyfs mount test skipped: {reason}");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
