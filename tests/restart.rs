@@ -1,65 +1,17 @@
 //! Durability through the real binary: nodes killed with SIGKILL while writes are in
 //! flight keep every write they acknowledged (sync mode), and serve it after restart.
+//! The page cache survives a SIGKILL, so this cannot show a missing fsync; the power-loss
+//! test (tests/power_loss.rs) can.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::processes::{connect, Processes};
 use common::{config_text, free_addrs, wait_until, Shape};
-use quorumkv_client::{Client, ClientConfig, Version, WriteOptions};
-
-/// `quorumkv node` processes, killed with SIGKILL when dropped.
-struct Processes {
-    config: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Processes {
-    fn start(config: &Path, ids: &[String]) -> Processes {
-        let mut p = Processes {
-            config: config.to_path_buf(),
-            children: Vec::new(),
-        };
-        for id in ids {
-            p.children.push(spawn_node(&p.config, id));
-        }
-        p
-    }
-
-    fn kill_all(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-fn spawn_node(config: &Path, id: &str) -> Child {
-    let log = std::fs::File::create(config.with_file_name(format!("{id}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-        .args(["node", "--id", id, "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn quorumkv node")
-}
-
-async fn connect(config: &ClientConfig) -> Client {
-    wait_until("nodes accept clients", Duration::from_secs(30), || async {
-        Client::connect(config.clone()).await.map_err(|e| e.to_string())
-    })
-    .await
-}
+use quorumkv_client::{ClientConfig, Version, WriteOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_write() {

@@ -115,6 +115,7 @@ impl FjallStorage {
         let tombstones = db
             .keyspace("tombstones", KeyspaceCreateOptions::default)
             .map_err(fatal)?;
+        sync_keyspaces_folder(dir)?;
         let forest = Arc::new(Forest::new(options.partitions));
         let hint_counts = Arc::new(Mutex::new(count_hints(&hints)?));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -414,6 +415,21 @@ fn spawn_reader(records: Keyspace, relay: Relay<ReadAnswer>) -> Result<mpsc::Sen
         }
     })?;
     Ok(tx)
+}
+
+/// fjall's folder of keyspace folders, inside the store's directory.
+const KEYSPACES_FOLDER: &str = "keyspaces";
+
+/// fsyncs the folder holding the keyspace folders, so keyspaces created at this open
+/// survive a power cut. fjall 3.1 creates a keyspace's folder without fsyncing its parent:
+/// after a power cut the folder can be gone while the journal's fsynced writes to it
+/// remain, and they are then lost (tests/power_loss.rs: 0 of 405 acknowledged writes
+/// found without this). Cheap: one fsync per open.
+fn sync_keyspaces_folder(dir: &Path) -> Result<(), StorageError> {
+    let folder = dir.join(KEYSPACES_FOLDER);
+    std::fs::File::open(&folder)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::Fatal(format!("fsync of {}: {e}", folder.display())))
 }
 
 /// Removes the `versions` keyspace of stores created before the version index.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod converge;
+pub mod processes;
 
 use std::future::Future;
 use std::net::SocketAddr;
