@@ -116,3 +116,82 @@ async fn a_replica_wiped_after_the_grace_lets_the_others_purge_and_agree() {
 async fn a_replica_back_with_old_values_after_the_grace_gets_the_deletes() {
     deletes_missed_by_n3(false).await;
 }
+
+/// Scale check (issue 14 items 4 and 5), outside the default run:
+/// `cargo test --release --test tombstones -- --ignored --nocapture`. 12,000 deletes,
+/// then steady deletes of other keys for `STEADY_SECS` (default 60): every one of the
+/// 12,000 expired tombstones must be purged on every replica while the deletes still run,
+/// and once they stop every partition must come back into agreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scale check: minutes of steady deletes"]
+async fn steady_deletes_do_not_starve_purging_or_keep_partitions_apart() {
+    let steady = Duration::from_secs(
+        std::env::var("STEADY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let settings = [AE_ON, HINTS_OFF, "tombstone_grace_ms = 5000"];
+    let cluster = TestCluster::start(shape(&settings)).await;
+    let client = cluster.client().await;
+    let ids: Vec<String> = (0..3).map(|i| cluster.id(i)).collect();
+    let old: Vec<String> = (0..12_000).map(|i| format!("old{i}")).collect();
+    stream::iter(&old)
+        .for_each_concurrent(64, |key| async {
+            client.delete_with(key.clone(), &w(3)).await.expect("delete");
+        })
+        .await;
+    let started = std::time::Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let steady_deletes = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let deleted = std::sync::atomic::AtomicU64::new(0);
+            stream::iter(0u64..)
+                .take_until(stop.cancelled())
+                .for_each_concurrent(64, |i| {
+                    let (client, deleted) = (&client, &deleted);
+                    async move {
+                        if client.delete(format!("new{i}")).await.is_ok() {
+                            deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+                .await;
+            deleted.into_inner()
+        })
+    };
+    let mut purged_at = None;
+    while started.elapsed() < steady {
+        let mut held = 0;
+        for key in &old {
+            held += copies(&client, &ids, key)
+                .await
+                .map_or(3, |c| c.iter().flatten().count());
+        }
+        println!(
+            "{:>4} s: {held} of {} old tombstones still held",
+            started.elapsed().as_secs(),
+            3 * old.len()
+        );
+        if held == 0 {
+            purged_at = Some(started.elapsed());
+            break;
+        }
+    }
+    stop.cancel();
+    let deleted = steady_deletes.await.expect("steady deletes");
+    println!("steady deletes: {deleted} in {:?}", started.elapsed());
+    let purged_at = purged_at.expect("every old tombstone purged while the deletes ran");
+    println!("old tombstones all purged after {purged_at:?}");
+    let calm = std::time::Instant::now();
+    wait_until("every partition in agreement", Duration::from_secs(180), || {
+        all_partitions_agree(&client, &ids)
+    })
+    .await;
+    println!(
+        "every partition in agreement {:?} after the deletes stopped",
+        calm.elapsed()
+    );
+    cluster.shutdown().await;
+}
