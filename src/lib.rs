@@ -6,7 +6,8 @@
 //! ([`peer`]) over one QUIC endpoint ([`server`]), and converges with its peers in the
 //! background ([`antientropy`], [`hints`], [`tombstones`]). [`node`] wires it together
 //! and shuts it down; [`context`] is the state its services share. The CLI lives in
-//! [`cli`], the load generator in [`bench`], fault injection for tests in [`faults`].
+//! [`cli`], the load generator in [`bench`], fault injection for tests in [`faults`] and the
+//! history checker of the fault suite in [`history`].
 //! Everything clients and nodes share (messages, ring, versions, TLS) is in the
 //! `quorumkv-client` crate.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod context;
 pub mod faults;
 pub mod hints;
+pub mod history;
 pub mod merkle;
 pub mod node;
 pub mod peer;
