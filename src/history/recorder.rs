@@ -79,6 +79,16 @@ impl Recorder {
         self.push(who, key, action, quorum, invoke, outcome)
     }
 
+    /// Operations recorded so far.
+    pub fn len(&self) -> usize {
+        self.ops.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A copy of the history so far.
     pub fn history(&self) -> Vec<Op> {
         self.ops.lock().unwrap_or_else(PoisonError::into_inner).clone()
