@@ -1,9 +1,12 @@
 //! Network namespaces for the fault suite: one per node, on a bridge the test made.
 //!
-//! A [`Lab`] makes a bridge in the test's own namespace with the address `.1` of a
-//! private /24 (10.x.y.0/24, chosen from the test's pid and a counter and checked to be
-//! unused, so two test binaries can run at once), and for each node a namespace with a
-//! veth pair into the bridge and the address `.10 + i`. Faults are iptables rules inside
+//! A [`Lab`] makes a switch (a namespace holding a bridge), a veth from the test's own
+//! namespace into it with the address `.1` of a private /24 (10.x.y.0/24, chosen from
+//! the test's pid and a counter and checked to be unused, so two test binaries can run
+//! at once), and for each node a namespace with a veth into the switch and the address
+//! `.10 + i`. The bridge lives in its own namespace so that the host's firewall (a
+//! FORWARD policy of DROP with br_netfilter, as on Docker hosts) never sees its traffic;
+//! the test's namespace gets one veth and nothing else. Faults are iptables rules inside
 //! a node's namespace: [`Lab::cut`] (one way or both), [`Lab::isolate`], [`Lab::heal`].
 //! Everything is removed when the lab is dropped, panics included; namespaces left by a
 //! test binary that was killed outright are removed by the next lab that starts.
@@ -16,9 +19,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Prefix of every namespace a lab makes: `qkv-<pid hex>-<lab>-n<i>`.
 const NS_PREFIX: &str = "qkv-";
-/// Prefix of every bridge a lab makes: `qkb<pid hex>-<lab>` (at most 15 characters).
-const BRIDGE_PREFIX: &str = "qkb";
-/// Host part of node 0's address (node i gets `.NODE_HOST_BASE + i`; the bridge is `.1`).
+/// The bridge's name inside the lab's switch namespace.
+const BRIDGE: &str = "br0";
+/// Host part of node 0's address (node i gets `.NODE_HOST_BASE + i`; the test is `.1`).
 const NODE_HOST_BASE: u8 = 10;
 /// Labs made by this process, so concurrent scenarios get distinct names and subnets.
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -27,8 +30,8 @@ static LABS: AtomicU32 = AtomicU32::new(0);
 pub struct Lab {
     /// Unique within this machine: pid and lab counter.
     tag: String,
-    /// The bridge in the test's namespace.
-    bridge: String,
+    /// The namespace holding the bridge (the lab's switch).
+    switch: String,
     /// First three octets of the lab's /24.
     subnet: [u8; 3],
     /// One namespace per node.
@@ -48,29 +51,47 @@ impl Lab {
         let pid = std::process::id();
         let tag = format!("{pid:x}-{seq:x}");
         let mut lab = Lab {
-            bridge: format!("{BRIDGE_PREFIX}{tag}"),
+            switch: format!("{NS_PREFIX}{tag}-sw"),
             subnet: free_subnet(pid, seq)?,
             namespaces: Vec::new(),
             tag,
         };
-        run("ip", &["link", "add", &lab.bridge, "type", "bridge"])
-            .map_err(|e| format!("cannot create a bridge (root and CAP_NET_ADMIN needed): {e}"))?;
+        run("ip", &["netns", "add", &lab.switch])
+            .map_err(|e| format!("cannot create a network namespace (root needed): {e}"))?;
+        lab.in_switch(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+        lab.in_switch(&["ip", "link", "set", BRIDGE, "up"])?;
+        // The test's own leg into the switch, carrying the lab's `.1`.
+        let (host, port) = (format!("qv{}h", lab.tag), format!("qv{}s", lab.tag));
+        lab.link_to_switch(&port, &host)?;
         let cidr = format!("{}/24", lab.host_addr());
-        run("ip", &["addr", "add", &cidr, "dev", &lab.bridge])?;
-        run("ip", &["link", "set", &lab.bridge, "up"])?;
+        run("ip", &["addr", "add", &cidr, "dev", &host])?;
+        run("ip", &["link", "set", &host, "up"])?;
         for i in 0..nodes {
             lab.add_namespace(i)?;
         }
         Ok(lab)
     }
 
+    /// A veth pair whose end `port` is plugged into the switch's bridge; `other` stays in
+    /// the test's namespace.
+    fn link_to_switch(&self, port: &str, other: &str) -> Result<(), String> {
+        run("ip", &["link", "add", port, "type", "veth", "peer", "name", other])?;
+        run("ip", &["link", "set", port, "netns", &self.switch])?;
+        self.in_switch(&["ip", "link", "set", port, "master", BRIDGE, "up"])
+    }
+
+    fn in_switch(&self, args: &[&str]) -> Result<(), String> {
+        let mut full = vec!["netns", "exec", self.switch.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
     fn add_namespace(&mut self, i: usize) -> Result<(), String> {
         let ns = format!("{NS_PREFIX}{}-n{i}", self.tag);
         run("ip", &["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
-        let (outer, inner) = (format!("qv{}o{i}", self.tag), format!("qv{}i{i}", self.tag));
-        run("ip", &["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
-        run("ip", &["link", "set", &outer, "master", &self.bridge, "up"])?;
+        let (port, inner) = (format!("qv{}o{i}", self.tag), format!("qv{}i{i}", self.tag));
+        self.link_to_switch(&port, &inner)?;
         run("ip", &["link", "set", &inner, "netns", &ns])?;
         let cidr = format!("{}/24", self.addr(i));
         self.exec(i, &["ip", "addr", "add", &cidr, "dev", &inner])?;
@@ -84,7 +105,7 @@ impl Lab {
         Ipv4Addr::new(a, b, c, NODE_HOST_BASE + i as u8)
     }
 
-    /// The test's own address on the bridge (where clients come from).
+    /// The test's own address in the lab (where clients come from).
     pub fn host_addr(&self) -> Ipv4Addr {
         let [a, b, c] = self.subnet;
         Ipv4Addr::new(a, b, c, 1)
@@ -144,7 +165,9 @@ impl Drop for Lab {
         for ns in &self.namespaces {
             let _ = run("ip", &["netns", "delete", ns]);
         }
-        let _ = run("ip", &["link", "delete", &self.bridge]);
+        // The test's own leg goes at once (a namespace's devices go in the background).
+        let _ = run("ip", &["link", "delete", &format!("qv{}h", self.tag)]);
+        let _ = run("ip", &["netns", "delete", &self.switch]);
     }
 }
 
@@ -182,27 +205,16 @@ fn free_subnet(pid: u32, seq: u32) -> Result<[u8; 3], String> {
         .ok_or_else(|| "no free 10.x.y.0/24 subnet".to_string())
 }
 
-/// Deletes the namespaces and bridges of labs whose test process no longer runs (it was
-/// killed before its drop ran).
+/// Deletes the namespaces of labs whose test process no longer runs (it was killed
+/// before its drop ran); the veths and the bridge go with them.
 fn remove_stale_labs() {
-    let listed = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        String::from_utf8_lossy(&out).into_owned()
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
     };
-    for line in listed(&["netns", "list"]).lines() {
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.strip_prefix(NS_PREFIX).is_some_and(owner_is_gone) {
             let _ = run("ip", &["netns", "delete", name]);
-        }
-    }
-    for line in listed(&["-o", "link", "show", "type", "bridge"]).lines() {
-        let name = line.split(':').nth(1).unwrap_or("").trim();
-        if name.strip_prefix(BRIDGE_PREFIX).is_some_and(owner_is_gone) {
-            let _ = run("ip", &["link", "delete", name]);
         }
     }
 }

@@ -115,10 +115,12 @@ impl Run {
         let keys = self.workload.mix.keys;
         let outcome = settle_and_check(&self.cluster, &self.workload.recorder, keys, CONVERGENCE_BOUND).await;
         println!(
-            "SCENARIO {}: seed {}, {:.1} s, converged {:.1} s after heal\n  history: {}\n  faults ({}):\n    {}",
+            "SCENARIO {}: seed {}, {:.1} s, {} keys differed at heal, converged {:.1} s after heal\n  \
+             history: {}\n  faults ({}):\n    {}",
             self.name,
             self.seed,
             self.started.elapsed().as_secs_f64(),
+            outcome.differed_at_heal,
             outcome.converged_after.as_secs_f64(),
             outcome.summary,
             self.faults.len(),

@@ -142,6 +142,8 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     /// From heal until every replica held the same copy of every key.
     pub converged_after: Duration,
+    /// Keys whose replicas differed when the clients had stopped after heal.
+    pub differed_at_heal: usize,
     /// The checked history.
     pub history: Vec<Op>,
 }
@@ -158,7 +160,8 @@ pub async fn settle_and_check(cluster: &NetCluster, recorder: &Recorder, keys: u
     keys.sort();
     keys.dedup();
     let mut copies = all_copies(&client, &keys).await;
-    while !converged(&copies) && healed.elapsed() < bound {
+    let differed_at_heal = differing(&copies);
+    while differing(&copies) > 0 && healed.elapsed() < bound {
         tokio::time::sleep(CONVERGENCE_POLL).await;
         copies = all_copies(&client, &keys).await;
     }
@@ -180,6 +183,7 @@ pub async fn settle_and_check(cluster: &NetCluster, recorder: &Recorder, keys: u
         summary: Summary::of(&history),
         violations,
         converged_after,
+        differed_at_heal,
         history,
     }
 }
@@ -202,10 +206,12 @@ async fn all_copies(client: &Client, keys: &[String]) -> BTreeMap<String, Vec<(S
     out
 }
 
-fn converged(copies: &BTreeMap<String, Vec<(String, Option<Record>)>>) -> bool {
+/// Keys whose replicas hold different copies.
+fn differing(copies: &BTreeMap<String, Vec<(String, Option<Record>)>>) -> usize {
     copies
         .values()
-        .all(|held| held.windows(2).all(|pair| pair[0].1 == pair[1].1))
+        .filter(|held| held.windows(2).any(|pair| pair[0].1 != pair[1].1))
+        .count()
 }
 
 fn newest(held: &[(String, Option<Record>)]) -> Option<Record> {
