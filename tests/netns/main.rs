@@ -22,7 +22,7 @@ use quorumkv::history::{Op, Outcome as OpOutcome, Rule};
 use quorumkv_client::WriteOptions;
 
 use cluster::{libfaketime, NetCluster};
-use common::Shape;
+use common::{wait_until, Shape};
 use workload::{settle_and_check, Mix, Workload};
 
 /// Concurrent clients per scenario.
@@ -33,6 +33,9 @@ const PHASE: usize = 1500;
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(40);
 /// Settings shared by the scenarios: quick failure detection and anti-entropy.
 const FAST_CONVERGENCE: &str = "[convergence]\nanti_entropy_interval_ms = 1000\nping_interval_ms = 250\n";
+/// How long the clock scenario tries for a w = 3 write to land or be refused (a loaded
+/// machine may time a single attempt out).
+const SKEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How soon a restarted node must take an existing client's writes again: well below
 /// the 30 s QUIC idle timeout after which a client gives up a connection on its own.
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(10);
@@ -273,11 +276,16 @@ async fn clock_skew_within_and_beyond_the_limit() {
         ..Default::default()
     };
     let client = run.cluster.client().await;
-    let within = run.workload.recorder.put(&client, 100, "key-0", &all_three).await;
-    assert!(
-        matches!(within.outcome, OpOutcome::Written(_)),
-        "skew within the limit: {within}"
-    );
+    // Keys of their own: a workload write racing them would make them stale, not refused.
+    let recorder = run.workload.recorder.clone();
+    wait_until("a w = 3 write with n3 1 s behind", SKEW_DEADLINE, || async {
+        let op = recorder.put(&client, 100, "skew-within", &all_three).await;
+        match &op.outcome {
+            OpOutcome::Written(_) => Ok(()),
+            _ => Err(op.to_string()),
+        }
+    })
+    .await;
 
     run.cluster.kill(2);
     run.cluster.set_skew(2, Some("-5s"));
@@ -288,14 +296,20 @@ async fn clock_skew_within_and_beyond_the_limit() {
     run.cluster.wait_all_up(&client).await;
     run.fault("n3 restarted with its clock -5 s (beyond the 2 s limit)");
     run.ops(PHASE).await;
-    let beyond: Op = run.workload.recorder.put(&client, 100, "key-1", &all_three).await;
-    match &beyond.outcome {
-        OpOutcome::Indeterminate(why) => assert!(
-            why.contains("n3") && why.contains("ahead of this node's clock"),
-            "the error names n3 and the clock: {why}"
-        ),
-        other => panic!("w = 3 with n3's clock 5 s behind: {other:?}"),
-    }
+    wait_until("n3 refuses a w = 3 write for its clock", SKEW_DEADLINE, || async {
+        let op = recorder.put(&client, 100, "skew-beyond", &all_three).await;
+        match &op.outcome {
+            OpOutcome::Written(_) => panic!("n3 took a write 3 s past its clock limit: {op}"),
+            OpOutcome::Indeterminate(why)
+                if why.contains("n3: refused") && why.contains("ahead of this node's clock") =>
+            {
+                Ok(())
+            }
+            // A slow answer under load is not the refusal we wait for: try again.
+            _ => Err(op.to_string()),
+        }
+    })
+    .await;
 
     run.cluster.kill(2);
     run.cluster.set_skew(2, None);
@@ -353,7 +367,7 @@ async fn restarted_node_serves_existing_clients_again() {
     run.cluster.restart(2);
     run.fault("kill -9 n3, restart it");
     let restarted = Instant::now();
-    common::wait_until("n3 takes this client's writes again", RECONNECT_DEADLINE, || async {
+    wait_until("n3 takes this client's writes again", RECONNECT_DEADLINE, || async {
         let op = run.workload.recorder.put(&client, 100, "reach", &all_three).await;
         match op.outcome {
             OpOutcome::Written(_) => Ok(()),
