@@ -24,6 +24,10 @@ const PACE: Duration = Duration::from_millis(10);
 const PHASE_DEADLINE: Duration = Duration::from_secs(60);
 /// How often convergence is polled after heal.
 const CONVERGENCE_POLL: Duration = Duration::from_millis(250);
+/// Convergence slower than this prints the keys still differing, to show where it hangs.
+const SLOW_CONVERGENCE: Duration = Duration::from_secs(5);
+/// How many of them.
+const SLOW_KEYS_SHOWN: usize = 5;
 /// Client id of the final r = n reads in the history.
 const FINAL_READER: usize = 1_000;
 
@@ -161,9 +165,17 @@ pub async fn settle_and_check(cluster: &NetCluster, recorder: &Recorder, keys: u
     keys.dedup();
     let mut copies = all_copies(&client, &keys).await;
     let differed_at_heal = differing(&copies);
+    let mut shown_slow = false;
     while differing(&copies) > 0 && healed.elapsed() < bound {
         tokio::time::sleep(CONVERGENCE_POLL).await;
         copies = all_copies(&client, &keys).await;
+        if !shown_slow && healed.elapsed() > SLOW_CONVERGENCE {
+            shown_slow = true;
+            let late = check_convergence(&copies, healed.elapsed(), bound);
+            for violation in late.iter().take(SLOW_KEYS_SHOWN) {
+                println!("  still differing: {violation}");
+            }
+        }
     }
     let converged_after = healed.elapsed();
     let all = ReadOptions {
