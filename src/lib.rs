@@ -18,6 +18,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod endpoint_config;
 pub mod faults;
 pub mod hints;
 pub mod history;

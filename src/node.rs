@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig, Runtime, TokioRuntime};
+use quinn::{AsyncUdpSocket, Endpoint, Runtime, TokioRuntime};
 use quorumkv_client::clock::{system_clock, Clock};
 use quorumkv_client::net::bind_udp;
 use quorumkv_client::ring::Ring;
@@ -25,6 +25,7 @@ use crate::admission::RecordLimits;
 use crate::antientropy::{Agreement, AntiEntropy};
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
+use crate::endpoint_config::node_endpoint_config;
 use crate::peer::detector::ping_loop;
 use crate::peer::{peer_max_frame, peer_pool, FailureDetector, PeerService};
 use crate::replica::Replica;
@@ -118,7 +119,7 @@ impl Node {
             .position(|m| m == id)
             .ok_or_else(|| anyhow!("{id:?} is not a member"))?;
         let endpoint = Endpoint::new_with_abstract_socket(
-            EndpointConfig::default(),
+            node_endpoint_config(&parts.identity)?,
             Some(parts.identity.server_config()?),
             parts.socket,
             Arc::new(TokioRuntime),

@@ -141,8 +141,6 @@ async fn clock_skew_within_and_beyond_the_limit() {
     run.cluster.kill(2);
     run.cluster.set_skew(2, Some("-5s"));
     run.cluster.restart(2);
-    // A new client: an old one waits out its dead connection to n3 (see the ignored
-    // `restarted_node_serves_existing_clients_again`).
     let client = run.cluster.client().await;
     run.cluster.wait_all_up(&client).await;
     run.fault("n3 restarted with its clock -5 s (beyond the 2 s limit)");
@@ -195,14 +193,12 @@ async fn steady_deletes_with_a_short_grace() {
 /// A client that used a node before it was killed reaches it again soon after it
 /// restarts (each of its writes needs all three replicas).
 ///
-/// Today it takes the 30 s QUIC idle timeout: each node process starts with a random
+/// It used to take the 30 s QUIC idle timeout: each node process started with a random
 /// stateless-reset key and connection-id key (quinn's defaults), so the restarted node
-/// drops the old connection's packets ("dropping packet with invalid CID", DEBUG) instead
-/// of resetting it, and the client keeps sending into the dead connection. Checked: with
-/// a reset key and connection ids that survive a restart the write lands 2.3 s after it.
+/// dropped the old connection's packets ("dropping packet with invalid CID", DEBUG)
+/// instead of resetting it, and the client kept sending into the dead connection. Now the
+/// reset key comes from the node's TLS key ([`quorumkv::endpoint_config`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until a restarted node resets its old connections (issue 14 item 8, \
-            'seen as down for ~30 s'): clients and peers wait out the 30 s idle timeout"]
 async fn restarted_node_serves_existing_clients_again() {
     let Some(mut run) = Run::begin("restart-reach-3", shape(3, FAST_CONVERGENCE), vec![], Mix::DEFAULT).await else {
         return;
