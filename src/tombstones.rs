@@ -19,9 +19,10 @@
 //! that differ only in expired tombstones agree again once each holder has purged them,
 //! about one anti-entropy interval plus one purge pass after the grace.
 //!
-//! Each pass looks at up to [`PER_PASS`] tombstones, continuing after the last key the
-//! previous pass looked at and wrapping round at the end, so steady deletes at the front
-//! of the hash order cannot starve the rest.
+//! Every pass interval (a quarter of the grace, 0.2-60 s) a walk looks at every stored
+//! tombstone, [`PER_PASS`] at a time, each batch continuing after the last key of the one
+//! before, so steady deletes at the front of the hash order cannot starve the rest, and
+//! however many tombstones pile up each is looked at once per walk.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::NodeContext;
 use crate::storage::{Storage, StorageError, Tombstone};
 
-/// Tombstones examined per pass.
+/// Tombstones read and examined per step of a walk.
 const PER_PASS: usize = 10_000;
 /// Purges handed to storage at once (they share group commits).
 const PURGE_CONCURRENCY: usize = 256;
@@ -42,25 +43,39 @@ const PURGE_CONCURRENCY: usize = 256;
 const MIN_PASS: Duration = Duration::from_millis(200);
 const MAX_PASS: Duration = Duration::from_secs(60);
 
-/// Purges eligible tombstones until `shutdown`.
+/// Purges eligible tombstones until `shutdown`: every `pass` interval, one walk over all
+/// of them, [`PER_PASS`] at a time.
 pub async fn purge_loop(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let pass = (ctx.tombstone_grace() / 4).clamp(MIN_PASS, MAX_PASS);
-    let mut cursor = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(pass) => {}
             _ = shutdown.cancelled() => return,
         }
-        let now = ctx.clock.now_micros();
-        let eligible = |t: &Tombstone| purgeable(&ctx, t, now);
-        match purge_pass(ctx.storage.as_ref(), cursor.take(), PER_PASS, eligible).await {
-            Ok((purged, next)) => {
-                cursor = next;
-                if purged > 0 {
-                    tracing::info!("purged {purged} tombstones");
-                }
-            }
+        let walk = purge_walk(&ctx);
+        let outcome = tokio::select! {
+            outcome = walk => outcome,
+            _ = shutdown.cancelled() => return,
+        };
+        match outcome {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!("purged {purged} tombstones"),
             Err(e) => tracing::warn!("tombstone purge failed: {e}"),
+        }
+    }
+}
+
+/// One walk over every stored tombstone; returns how many it purged.
+async fn purge_walk(ctx: &NodeContext) -> Result<u64, StorageError> {
+    let (mut cursor, mut purged) = (None, 0);
+    loop {
+        let now = ctx.clock.now_micros();
+        let eligible = |t: &Tombstone| purgeable(ctx, t, now);
+        let (done, next) = purge_pass(ctx.storage.as_ref(), cursor.take(), PER_PASS, eligible).await?;
+        purged += done;
+        match next {
+            Some(key) => cursor = Some(key),
+            None => return Ok(purged),
         }
     }
 }
