@@ -280,7 +280,7 @@ impl AntiEntropy {
         let mut queue: Vec<Bytes> = pulls.into_iter().map(|(_, k)| k).collect();
         let mut pulled = 0;
         while !queue.is_empty() {
-            let keys: Vec<Bytes> = queue.drain(..queue.len().min(PULL_BATCH)).collect();
+            let keys: Vec<Bytes> = queue.drain(..pull_batch_len(&queue)).collect();
             let (records, unserved) = self.pull(peer, keys).await?;
             if records.is_empty() && !unserved.is_empty() {
                 return Err(SyncError::Unexpected("the peer served none of the pulled keys".into()));
@@ -343,9 +343,22 @@ impl AntiEntropy {
     }
 }
 
-/// Keys pulled per request; the peer answers with at most
+/// Most keys pulled per request; the peer answers with at most
 /// [`crate::peer::EXCHANGE_BYTES`] of records and says which keys it left for later.
 const PULL_BATCH: usize = 1024;
+/// Most key bytes in one pull request (however long keys are allowed to be).
+const PULL_KEY_BYTES: usize = 1 << 20;
+
+/// How many keys from the front of `queue` go into the next pull request: up to
+/// [`PULL_BATCH`] keys and [`PULL_KEY_BYTES`] of keys, and always at least one.
+fn pull_batch_len(queue: &[Bytes]) -> usize {
+    let mut bytes = 0;
+    let fits = queue.iter().take(PULL_BATCH).take_while(|key| {
+        bytes += key.len();
+        bytes <= PULL_KEY_BYTES
+    });
+    fits.count().max(1).min(queue.len())
+}
 
 /// A pseudo-random duration in `[0, max)` from `seed` (no randomness source needed).
 pub fn jitter(max: Duration, seed: u64) -> Duration {
@@ -358,4 +371,20 @@ pub fn jitter(max: Duration, seed: u64) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_nanos(z % nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_requests_are_bounded_by_keys_and_bytes_and_never_empty() {
+        let short: Vec<Bytes> = (0..3000).map(|i| Bytes::from(format!("k{i}"))).collect();
+        assert_eq!(pull_batch_len(&short), PULL_BATCH);
+        let long: Vec<Bytes> = (0..10).map(|_| Bytes::from(vec![b'k'; 300 << 10])).collect();
+        assert_eq!(pull_batch_len(&long), 3, "3 keys of 300 KiB fit in 1 MiB");
+        let huge = vec![Bytes::from(vec![b'k'; 2 << 20])];
+        assert_eq!(pull_batch_len(&huge), 1, "a key larger than the budget goes alone");
+        assert_eq!(pull_batch_len(&[]), 0);
+    }
 }
