@@ -353,3 +353,27 @@ async fn writes_too_far_in_the_future_are_refused() {
     assert_eq!(cluster.client().await.get("k").await.unwrap(), None);
     cluster.shutdown().await;
 }
+
+/// A node's status grows with the partitions, not with the largest value: with keys and
+/// values limited to 8 bytes, the status of 256 partitions in agreement (~8 KB) used to
+/// exceed the client's frame limit (derived from those limits: ~4 KB) and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_readable_whatever_the_key_and_value_limits() {
+    let small = "[limits]\nmax_key_bytes = 8\nmax_value_bytes = 8\n[convergence]\nanti_entropy_interval_ms = 300";
+    let cluster = TestCluster::start(Shape::three().with(small)).await;
+    let client = cluster.client().await;
+    wait_until("n1 reports every partition in agreement", DEADLINE, || async {
+        let status = client.status("n1").await.map_err(|e| e.to_string())?;
+        let agreed = status
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.iter().all(|r| r.last_agreed_micros.is_some()))
+            .count();
+        match agreed {
+            256 => Ok(()),
+            n => Err(format!("{n} of 256 partitions agreed")),
+        }
+    })
+    .await;
+    cluster.shutdown().await;
+}
