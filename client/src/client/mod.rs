@@ -29,7 +29,7 @@ use crate::ring::Ring;
 use crate::tls::TlsIdentity;
 use crate::transport::{ConnectionPool, Destination, EncodedRequest};
 use crate::version::{HybridClock, Version};
-use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
+use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
 use fanout::{same_to_all, Background, Health, HintPolicy};
 use repair::MAX_CONCURRENT_REPAIRS;
@@ -118,7 +118,12 @@ impl Client {
             .writer_id
             .unwrap_or_else(|| random_writer_id(config.clock.as_ref()));
         let destinations = cluster.members.iter().map(Destination::of).collect();
-        let max_frame = cluster.max_key_bytes + cluster.max_value_bytes + FRAME_OVERHEAD;
+        let max_frame = cluster.max_frame().ok_or_else(|| {
+            ClientError::NoSeed(format!(
+                "the seed sent unusable limits: max_key_bytes = {}, max_value_bytes = {}",
+                cluster.max_key_bytes, cluster.max_value_bytes
+            ))
+        })?;
         let inner = Inner {
             nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
             health: Health::new(cluster.members.len()),
