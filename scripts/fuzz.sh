@@ -43,8 +43,13 @@ trap 'rm -rf "$logs"' EXIT
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"
     log="$logs/$target.log"
+    options=(-max_total_time="$seconds" -timeout="$per_input_timeout" -print_final_stats=1)
+    # A target's dictionary (field names, boundary numbers) helps it past text formats.
+    if [ -f "fuzz/dicts/$target.dict" ]; then
+        options+=(-dict="fuzz/dicts/$target.dict")
+    fi
     if ! cargo "${toolchain[@]}" fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
-        -max_total_time="$seconds" -timeout="$per_input_timeout" -print_final_stats=1 >"$log" 2>&1; then
+        "${options[@]}" >"$log" 2>&1; then
         tail -n 60 "$log"
         echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/" >&2
         exit 1
