@@ -7,7 +7,7 @@ use quorumkv::peer::{KeyedRecord, PeerRequest, PeerResponse};
 use quorumkv::storage::Entry;
 use quorumkv_client::wire::{
     AntiEntropyCounters, ClusterInfo, ErrorKind, ErrorReply, Frame, HeldVersion, Member, NodeStatus, PartitionStatus,
-    PeerStatus, QuorumDefaults, Record, ReplicaAgreement, Request, Response,
+    PeerStatus, QuorumDefaults, Record, ReplicaAgreement, Request, Response, FRAME_OVERHEAD,
 };
 use quorumkv_client::Version;
 
@@ -78,6 +78,8 @@ pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
             },
         ),
         ("members", Response::Members(cluster_info())),
+        // Limits whose frame size is exactly usize::MAX: one mutation past it overflows.
+        ("members_at_limits", Response::Members(cluster_info_at_limits())),
         ("status", Response::Status(node_status())),
         (
             "error",
@@ -200,6 +202,15 @@ fn cluster_info() -> ClusterInfo {
         max_key_bytes: 1024,
         max_value_bytes: 4 << 20,
         hinted_handoff: true,
+    }
+}
+
+fn cluster_info_at_limits() -> ClusterInfo {
+    let max_value_bytes = 4 << 20;
+    ClusterInfo {
+        max_key_bytes: usize::MAX - max_value_bytes - FRAME_OVERHEAD,
+        max_value_bytes,
+        ..cluster_info()
     }
 }
 
