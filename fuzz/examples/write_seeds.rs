@@ -88,12 +88,12 @@ fn write_configs(dir: &Path) -> std::io::Result<()> {
         // number (+1, x2) crosses a bound: the fuzzer finds few such values by itself.
         (
             "at_limits",
-            format!(
+            String::from(
                 "partitions = 4\n[limits]\nmax_key_bytes = 65463\nmax_value_bytes = 67108864\n\
                  max_clock_skew_ms = 18446744073709551\n[convergence]\ntombstone_grace_ms = 18446744073709551\n\
                  [storage]\nblock_cache_mb = 17592186044415\nmemtable_mb = 17592186044415\n\
                  [[nodes]]\nid = \"n1\"\naddr = \"127.0.0.1:1\"\n[[nodes]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n\
-                 [[nodes]]\nid = \"n3\"\naddr = \"127.0.0.1:3\"\n"
+                 [[nodes]]\nid = \"n3\"\naddr = \"127.0.0.1:3\"\n",
             ),
         ),
     ];
