@@ -83,11 +83,12 @@ impl Default for Defaults {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest key, in bytes.
+    /// Largest key, in bytes: 1 to [`MAX_KEY_LIMIT`].
     pub max_key_bytes: usize,
     /// Largest value, in bytes.
     pub max_value_bytes: usize,
     /// A write whose version is further than this ahead of the node's clock is refused.
+    /// At most [`MAX_MICROS_MS`].
     pub max_clock_skew_ms: u64,
     /// A request frame must arrive whole within this long from its first byte, or its
     /// stream is closed (a client that stalls mid-frame must not pin the node's memory).
@@ -132,12 +133,12 @@ impl Default for Durability {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// fjall's block cache per node, in MiB. fjall's own default (32 MiB) is smaller than
-    /// the index and hot data of a node holding a few hundred MB.
+    /// the index and hot data of a node holding a few hundred MB. 1 to [`MAX_MB`].
     pub block_cache_mb: u64,
     /// Size of the in-memory write buffer (memtable) of the records, in MiB. Every read
     /// and write searches it first, a skiplist whose cost grows with its size (cache
     /// misses per level); a smaller one is flushed to disk more often. Applies to stores
-    /// created with it: fjall keeps a keyspace's setting from its creation.
+    /// created with it: fjall keeps a keyspace's setting from its creation. 1 to [`MAX_MB`].
     pub memtable_mb: u64,
 }
 
@@ -168,6 +169,7 @@ pub struct Convergence {
     /// How often a node delivers the hints it holds to owners that are up.
     pub hint_delivery_interval_ms: u64,
     /// A tombstone is purged once every replica is known to hold it and it is this old.
+    /// At most [`MAX_MICROS_MS`].
     pub tombstone_grace_ms: u64,
     /// Interval of the pings between nodes.
     pub ping_interval_ms: u64,
@@ -297,6 +299,7 @@ impl ClusterConfig {
         self.validate_ring(&mut problems);
         self.validate_defaults(&mut problems);
         self.validate_limits(&mut problems);
+        self.validate_ranges(&mut problems);
         self.validate_nodes(&mut problems);
         problems
     }
@@ -310,6 +313,12 @@ impl ClusterConfig {
         }
         if self.replication_factor == 0 {
             problems.push("replication_factor = 0: must be at least 1 (3 is usual)".into());
+        }
+        if self.nodes.len() as u64 > u64::from(p) {
+            problems.push(format!(
+                "partitions = {p} is fewer than the {} nodes listed: every node needs a partition, raise it",
+                self.nodes.len()
+            ));
         }
         if !self.nodes.is_empty() && self.replication_factor > self.nodes.len() {
             problems.push(format!(
@@ -378,6 +387,32 @@ impl ClusterConfig {
                 };
                 problems.push(format!("{field} = 0: must be positive, e.g. {example}"));
             }
+        }
+    }
+
+    /// Upper bounds found by fuzzing: beyond them a setting parsed, then broke the node
+    /// (fjall refused the key and the storage writer stopped) or silently wrapped when
+    /// the node converted it to µs or bytes.
+    fn validate_ranges(&self, problems: &mut Vec<String>) {
+        let key = self.limits.max_key_bytes;
+        if key > MAX_KEY_LIMIT {
+            problems.push(format!(
+                "limits.max_key_bytes = {key}: at most {MAX_KEY_LIMIT} is supported (storage keys are under 64 KiB)"
+            ));
+        }
+        let millis = [
+            ("limits.max_clock_skew_ms", self.limits.max_clock_skew_ms),
+            ("convergence.tombstone_grace_ms", self.convergence.tombstone_grace_ms),
+        ];
+        for (name, value) in millis.into_iter().filter(|(_, ms)| *ms > MAX_MICROS_MS) {
+            problems.push(format!("{name} = {value}: at most {MAX_MICROS_MS} is supported"));
+        }
+        let megabytes = [
+            ("storage.block_cache_mb", self.storage.block_cache_mb),
+            ("storage.memtable_mb", self.storage.memtable_mb),
+        ];
+        for (name, value) in megabytes.into_iter().filter(|(_, mb)| *mb > MAX_MB) {
+            problems.push(format!("{name} = {value}: at most {MAX_MB} is supported"));
         }
     }
 
@@ -481,12 +516,26 @@ impl ClusterConfig {
 /// Largest configurable value size: frames must stay well inside QUIC flow-control windows.
 const MAX_VALUE_LIMIT: usize = 64 << 20;
 
+/// Longest node id (also a DNS name label in its certificate).
+pub const MAX_NODE_ID_LEN: usize = 63;
+
+/// Largest configurable key size. fjall stores keys of at most `u16::MAX` bytes, and the
+/// longest key storage writes is a hint's: owner id, a separator byte, the 8-byte key
+/// hash, then the key.
+pub const MAX_KEY_LIMIT: usize = u16::MAX as usize - MAX_NODE_ID_LEN - 1 - 8;
+
+/// Largest millisecond setting the node converts to µs in a `u64`.
+pub const MAX_MICROS_MS: u64 = u64::MAX / 1_000;
+
+/// Largest MiB setting the node converts to bytes in a `u64`.
+pub const MAX_MB: u64 = u64::MAX >> 20;
+
 fn valid_node_id(id: &str) -> bool {
     let ok_chars = id
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let starts_with_letter = id.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-    ok_chars && starts_with_letter && id.len() <= 63
+    ok_chars && starts_with_letter && id.len() <= MAX_NODE_ID_LEN
 }
 
 impl ConfigError {
@@ -572,6 +621,49 @@ mod tests {
             let err = error_of(&text);
             assert!(err.contains(expected), "expected {expected:?} in: {err}");
         }
+    }
+
+    /// Inputs the cluster_toml fuzz target (fuzz/) found: each validated, then the node
+    /// failed to build its ring, its storage writer died on the first long key
+    /// (`Keys can be up to 65535 bytes long`), or the value wrapped when converted.
+    #[test]
+    fn settings_found_by_fuzzing_are_refused() {
+        let cases = [
+            ("partitions = 1", "partitions = 1 is fewer than the 3 nodes"),
+            (
+                "[limits]\nmax_key_bytes = 65464",
+                "limits.max_key_bytes = 65464: at most 65463",
+            ),
+            (
+                "[limits]\nmax_clock_skew_ms = 18446744073709552",
+                "limits.max_clock_skew_ms = 18446744073709552: at most",
+            ),
+            (
+                "[convergence]\ntombstone_grace_ms = 18446744073709552",
+                "convergence.tombstone_grace_ms = 18446744073709552: at most",
+            ),
+            (
+                "[storage]\nmemtable_mb = 17592186044416",
+                "storage.memtable_mb = 17592186044416: at most",
+            ),
+            (
+                "[storage]\nblock_cache_mb = 17592186044416",
+                "storage.block_cache_mb = 17592186044416: at most",
+            ),
+        ];
+        for (setting, expected) in cases {
+            let text = match setting.starts_with('[') {
+                true => format!("{GOOD}\n{setting}"),
+                false => format!("{setting}\n{GOOD}"),
+            };
+            let err = error_of(&text);
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+        let at_limits = format!(
+            "partitions = 4\n{GOOD}\n[limits]\nmax_key_bytes = {MAX_KEY_LIMIT}\nmax_clock_skew_ms = {MAX_MICROS_MS}\n\
+             [storage]\nmemtable_mb = {MAX_MB}"
+        );
+        ClusterConfig::parse(&at_limits, PathBuf::new()).unwrap();
     }
 
     #[test]

@@ -200,6 +200,17 @@ pub struct ClusterInfo {
     pub hinted_handoff: bool,
 }
 
+impl ClusterInfo {
+    /// Largest frame a client accepts from the cluster's nodes: a largest key and value
+    /// plus [`FRAME_OVERHEAD`]; `None` when the limits a seed sent do not add up in a
+    /// `usize` (no node sends those: the client refuses the member list).
+    pub fn max_frame(&self) -> Option<usize> {
+        self.max_key_bytes
+            .checked_add(self.max_value_bytes)?
+            .checked_add(FRAME_OVERHEAD)
+    }
+}
+
 /// One cluster member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -456,6 +467,26 @@ mod tests {
             "1 KiB value encodes as bytes, not an array: {}",
             body.len()
         );
+    }
+
+    /// Found by the client_response fuzz target: a member list whose max_key_bytes is
+    /// u64::MAX overflowed the client's frame limit (a panic in debug builds, a tiny
+    /// limit in release ones).
+    #[test]
+    fn a_member_list_with_overflowing_limits_has_no_frame_limit() {
+        let members = "92cd012c81a74d656d62657273979392a26e3181a2563492947f000001cd1b5992a26e3281a2563492947f\
+                       000001cd1b5a92a26e3381a2563492947f000001cd1b5bcd01000394030202cd1388cfffffffffffffffff\
+                       ce00400000c3";
+        let bytes: Vec<u8> = (0..members.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&members[i..i + 2], 16).unwrap())
+            .collect();
+        let Response::Members(mut info) = decode::<ResponseFrame>(&bytes).unwrap().body else {
+            panic!("the input is a member list");
+        };
+        assert_eq!(info.max_frame(), None);
+        info.max_key_bytes = 1024;
+        assert_eq!(info.max_frame(), Some(1024 + (4 << 20) + FRAME_OVERHEAD));
     }
 
     #[test]

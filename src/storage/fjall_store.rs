@@ -580,6 +580,25 @@ mod tests {
         assert!(store.tombstones(None, 10).await.unwrap().is_empty());
     }
 
+    /// The limit `config` puts on keys fits fjall's: the longest key is stored, and held
+    /// as a hint for the longest owner id (one byte more stops the storage writer).
+    #[tokio::test]
+    async fn the_longest_key_a_config_allows_is_stored_and_hinted() {
+        use crate::config::{MAX_KEY_LIMIT, MAX_NODE_ID_LEN};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let key = Bytes::from(vec![b'k'; MAX_KEY_LIMIT]);
+        assert!(store.apply(key.clone(), record(1, Some(b"v"))).await.unwrap().applied);
+        let owner = "o".repeat(MAX_NODE_ID_LEN);
+        let stored = store.store_hint(owner.clone(), key.clone(), record(2, None)).await;
+        assert_eq!(stored.unwrap(), HintStored::Stored);
+        assert_eq!(
+            store.hints_for(owner, 10).await.unwrap(),
+            vec![(key.clone(), record(2, None))]
+        );
+        assert_eq!(store.get(key).await.unwrap(), Some(record(1, Some(b"v"))));
+    }
+
     /// What `version` says must be what `get` returns, without the value.
     async fn assert_versions_match_records(store: &FjallStorage, keys: &[&'static [u8]]) {
         for key in keys {

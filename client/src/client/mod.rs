@@ -29,7 +29,7 @@ use crate::ring::Ring;
 use crate::tls::TlsIdentity;
 use crate::transport::{ConnectionPool, Destination, EncodedRequest};
 use crate::version::{ClockExhausted, HybridClock, Version, DEFAULT_MAX_CLOCK_SKEW};
-use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response, FRAME_OVERHEAD};
+use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
 use fanout::{same_to_all, Background, Health, HintPolicy};
 use repair::MAX_CONCURRENT_REPAIRS;
@@ -130,7 +130,12 @@ impl Client {
             None => random_writer_id()?,
         };
         let destinations = cluster.members.iter().map(Destination::of).collect();
-        let max_frame = max_response_frame(&cluster);
+        let max_frame = max_response_frame(&cluster).ok_or_else(|| {
+            ClientError::NoSeed(format!(
+                "the seed sent unusable limits: max_key_bytes = {}, max_value_bytes = {}",
+                cluster.max_key_bytes, cluster.max_value_bytes
+            ))
+        })?;
         let inner = Inner {
             nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
             health: Health::new(cluster.members.len()),
@@ -438,10 +443,13 @@ const STATUS_BYTES_PER_REPLICA: usize = 96;
 const STATUS_BASE_BYTES: usize = 1 << 20;
 
 /// The largest response the client accepts: a maximum-size record, or a node's status
-/// (whose size grows with the partitions, not with `max_value_bytes`), whichever is larger.
-pub fn max_response_frame(cluster: &ClusterInfo) -> usize {
-    let record = cluster.max_key_bytes + cluster.max_value_bytes + FRAME_OVERHEAD;
-    let rows = cluster.partitions as usize * cluster.replication_factor.saturating_sub(1);
-    let status = STATUS_BASE_BYTES + rows * STATUS_BYTES_PER_REPLICA;
-    record.max(status)
+/// (whose size grows with the partitions, not with `max_value_bytes`), whichever is larger;
+/// `None` when the limits a seed sent do not add up in a `usize`.
+pub fn max_response_frame(cluster: &ClusterInfo) -> Option<usize> {
+    let record = cluster.max_frame()?;
+    let rows = (cluster.partitions as usize).saturating_mul(cluster.replication_factor.saturating_sub(1));
+    let status = rows
+        .saturating_mul(STATUS_BYTES_PER_REPLICA)
+        .saturating_add(STATUS_BASE_BYTES);
+    Some(record.max(status))
 }

@@ -1,0 +1,10 @@
+//! The peer protocol's request decoder (`quorumkv-peer/1`, what a node decodes from
+//! another node). Property: decode -> encode -> decode gives the same frame.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use quorumkv::peer::PeerRequest;
+use quorumkv_client::wire::Frame;
+use quorumkv_fuzz::check_round_trip;
+
+fuzz_target!(|body: &[u8]| check_round_trip::<Frame<PeerRequest>>(body));
