@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::converge::in_agreement;
 use common::{copies, reachable, wait_until, Shape, TestCluster};
 use quorumkv_client::clock::Clock;
 use quorumkv_client::{Client, ClientError, FailureReason, ReadOptions, RepairMode, WriteOptions};
@@ -362,17 +363,8 @@ async fn status_is_readable_whatever_the_key_and_value_limits() {
     let small = "[limits]\nmax_key_bytes = 8\nmax_value_bytes = 8\n[convergence]\nanti_entropy_interval_ms = 300";
     let cluster = TestCluster::start(Shape::three().with(small)).await;
     let client = cluster.client().await;
-    wait_until("n1 reports every partition in agreement", DEADLINE, || async {
-        let status = client.status("n1").await.map_err(|e| e.to_string())?;
-        let agreed = status
-            .partitions
-            .iter()
-            .filter(|p| p.replicas.iter().all(|r| r.last_agreed_micros.is_some()))
-            .count();
-        match agreed {
-            256 => Ok(()),
-            n => Err(format!("{n} of 256 partitions agreed")),
-        }
+    wait_until("n1 reports every partition in agreement", DEADLINE, || {
+        in_agreement(&client, &["n1"])
     })
     .await;
     cluster.shutdown().await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::converge::{shape, w, wait_until_node_holds, write_keys, AE_ON, HINTS_OFF};
+use common::converge::{in_agreement, shape, w, wait_until_node_holds, write_keys, AE_ON, HINTS_OFF};
 use common::{wait_until, Shape, TestCluster};
 use quorumkv_client::clock::system_clock;
 use quorumkv_client::Client;
@@ -32,18 +32,7 @@ async fn a_wiped_node_is_refilled_when_its_entries_outgrow_one_message() {
     wait_until(
         "n3 agrees with both peers on every partition",
         Duration::from_secs(60),
-        || async {
-            let status = client.status("n3").await.map_err(|e| e.to_string())?;
-            let disagreeing = status
-                .partitions
-                .iter()
-                .filter(|p| p.replicas.iter().any(|r| r.last_agreed_micros.is_none()))
-                .count();
-            match disagreeing {
-                0 => Ok(()),
-                n => Err(format!("{n} partitions not in agreement")),
-            }
-        },
+        || in_agreement(&client, &["n3"]),
     )
     .await;
     cluster.shutdown().await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::converge::{shape, w, write_keys, AE_ON, HINTS_OFF};
+use common::converge::{in_agreement, shape, w, write_keys, AE_ON, HINTS_OFF};
 use common::{copies, wait_until, TestCluster};
 use futures_util::stream::{self, StreamExt};
 use quorumkv_client::clock::system_clock;
@@ -34,22 +34,6 @@ async fn wait_out_the_grace() {
         }
     })
     .await;
-}
-
-/// Every node reports every partition in agreement with every other replica.
-async fn all_partitions_agree(client: &Client, ids: &[String]) -> Result<(), String> {
-    for id in ids {
-        let status = client.status(id).await.map_err(|e| format!("{id}: {e}"))?;
-        let apart = status
-            .partitions
-            .iter()
-            .filter(|p| p.replicas.iter().any(|r| r.last_agreed_micros.is_none()))
-            .count();
-        if apart > 0 {
-            return Err(format!("{id}: {apart} partitions not in agreement"));
-        }
-    }
-    Ok(())
 }
 
 /// Deletes 200 keys while n3 is down, waits out the grace, brings n3 back (wiped, or
@@ -84,10 +68,7 @@ async fn deletes_missed_by_n3(wipe: bool) {
         Ok(())
     })
     .await;
-    wait_until("every partition in agreement", DEADLINE, || {
-        all_partitions_agree(&client, &ids)
-    })
-    .await;
+    wait_until("every partition in agreement", DEADLINE, || in_agreement(&client, &ids)).await;
     let all = ReadOptions {
         r: Some(3),
         ..Default::default()
@@ -197,7 +178,7 @@ async fn steady_deletes_do_not_starve_purging_or_keep_partitions_apart() {
     println!("old tombstones all purged after {purged_at:?}");
     let calm = std::time::Instant::now();
     wait_until("every partition in agreement", Duration::from_secs(180), || {
-        all_partitions_agree(&client, &ids)
+        in_agreement(&client, &ids)
     })
     .await;
     println!(

@@ -90,3 +90,23 @@ pub fn keys_version(keys: &[(String, Version)], key: &str) -> Version {
         .map(|(_, v)| *v)
         .expect("key was written")
 }
+
+/// `Ok` once every node of `ids` reports every partition in agreement with every other
+/// replica (equal roots at their last comparison); else which node has how many apart.
+pub async fn in_agreement(client: &Client, ids: &[impl AsRef<str>]) -> Result<(), String> {
+    for id in ids.iter().map(AsRef::as_ref) {
+        let status = client.status(id).await.map_err(|e| format!("{id}: {e}"))?;
+        let apart = status
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.iter().any(|r| r.last_agreed_micros.is_none()))
+            .count();
+        if apart > 0 {
+            return Err(format!(
+                "{id}: {apart} of {} partitions not in agreement",
+                status.partitions.len()
+            ));
+        }
+    }
+    Ok(())
+}
