@@ -61,11 +61,24 @@ async fn a_silent_peer_does_not_delay_anti_entropy_between_the_others() {
     let cluster = TestCluster::start(Shape::three().with(never_down)).await;
     let client = cluster.client().await;
     write_keys(&client, "k", 100, w(3)).await;
-    // Connections to n1 are up and carrying syncs before it goes silent.
+    // Connections to n1 are up and carrying syncs before it goes silent: each of n2 and
+    // n3 has agreed with it and started a dozen syncs of its own (so it dialled n1 itself).
     for (id, peer) in [("n2", "n1"), ("n3", "n1")] {
         wait_until(&format!("{id} agrees with {peer}"), Duration::from_secs(20), || {
             oldest_agreement(&client, id, peer)
         })
+        .await;
+        wait_until(
+            &format!("{id} syncs a dozen times"),
+            Duration::from_secs(20),
+            || async {
+                let rounds = client.status(id).await.map_err(|e| e.to_string())?.anti_entropy.rounds;
+                match rounds >= 12 {
+                    true => Ok(()),
+                    false => Err(format!("{rounds} syncs")),
+                }
+            },
+        )
         .await;
     }
     cluster.isolate(0);
