@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::RecvStream;
+use quorumkv_client::transport::ReadFrameError;
 use quorumkv_client::wire::{FrameError, LENGTH_PREFIX};
 use tokio::time::Instant;
 
@@ -26,18 +27,13 @@ use super::budget::{Budget, MemoryGauges};
 /// stays below twice this.
 pub const SMALL_FRAME: usize = 16 * 1024;
 
-/// Why no request frame could be read.
+/// Why no request frame could be read: what any frame reader meets
+/// ([`ReadFrameError`], shared with the client's reader), or a frame that stalled.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadRequestError {
-    /// The bytes are not a valid frame.
+    /// Not a valid frame, a failed stream, or a stream that ended inside a frame.
     #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The stream failed.
-    #[error("stream failed: {0}")]
-    Read(#[from] quinn::ReadError),
-    /// The stream ended in the middle of a frame.
-    #[error("stream ended inside a frame")]
-    Truncated,
+    Stream(#[from] ReadFrameError),
     /// The rest of a frame did not arrive in time.
     #[error(
         "frame not complete {} ms after its first byte: {received} of {} bytes received",
@@ -127,20 +123,20 @@ impl RequestReader {
     /// The next frame body, or `None` when the client finished the stream cleanly.
     pub async fn next_frame(&mut self) -> Result<Option<RequestBody>, ReadRequestError> {
         loop {
-            if let Some(body) = self.split()? {
+            if let Some(body) = self.split().map_err(ReadFrameError::from)? {
                 return Ok(Some(body));
             }
             let want = self.want().await;
             self.count();
             let chunk = if self.buf.is_empty() {
-                self.recv.read_chunk(want, true).await?
+                self.recv.read_chunk(want, true).await.map_err(ReadFrameError::from)?
             } else {
                 self.read_before_deadline(want).await?
             };
             match chunk {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
-                None => return Err(ReadRequestError::Truncated),
+                None => return Err(ReadFrameError::Truncated.into()),
             }
         }
     }
@@ -213,7 +209,7 @@ impl RequestReader {
     async fn read_before_deadline(&mut self, want: usize) -> Result<Option<quinn::Chunk>, ReadRequestError> {
         let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.timeout);
         match tokio::time::timeout_at(deadline, self.recv.read_chunk(want, true)).await {
-            Ok(chunk) => Ok(chunk?),
+            Ok(chunk) => Ok(chunk.map_err(ReadFrameError::from)?),
             Err(_) => Err(ReadRequestError::Stalled {
                 received: self.buf.len(),
                 expected: self.announced().ok().flatten().map(|len| len + LENGTH_PREFIX),

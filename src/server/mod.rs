@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use quorumkv_client::tls::{CONNECTION_WINDOW, MAX_BIDI_STREAMS, SEND_WINDOW};
+use quorumkv_client::transport::ReadFrameError;
 use quorumkv_client::wire::{decode, Frame, FrameSizeHint, FRAME_OVERHEAD, LENGTH_PREFIX, PEER_ALPN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -309,7 +310,7 @@ async fn serve_stream<H: Handler>(
                 Err(e) => (e.to_string(), BAD_FRAME),
             },
             Ok(None) => return,
-            Err(ReadRequestError::Read(e)) => {
+            Err(ReadRequestError::Stream(ReadFrameError::Read(e))) => {
                 tracing::debug!("stream from {} ended: {e}", conn.remote);
                 return;
             }
