@@ -28,7 +28,7 @@
 mod agreement;
 pub mod compare;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -215,21 +215,23 @@ impl AntiEntropy {
                 PeerResponse::Entries { leaves, unserved } => (leaves, unserved),
                 other => return Err(SyncError::Unexpected(format!("{other:?}"))),
             };
-            let answered = |probe: &LeafProbe| {
-                pages
-                    .iter()
-                    .any(|p| (p.partition, p.leaf) == (probe.partition, probe.leaf))
-                    || unserved
-                        .iter()
-                        .any(|u| (u.partition, u.leaf) == (probe.partition, probe.leaf))
-            };
+            // Leaves the answer mentions, and the probes it answers (hashed: a batch and
+            // its answer hold thousands of each).
+            let answered: HashSet<(u32, u32)> = pages
+                .iter()
+                .map(|p| (p.partition, p.leaf))
+                .chain(unserved.iter().map(|u| (u.partition, u.leaf)))
+                .collect();
+            let probed: HashSet<(u32, u32, u64)> = batch.iter().map(|b| (b.partition, b.leaf, b.from)).collect();
             if pages.is_empty() && unserved.len() >= batch.len() {
                 return Err(SyncError::Unexpected(
                     "an answer to leaf probes that served none".into(),
                 ));
             }
             // Probes neither served nor left for later were equal on the peer.
-            let equal = batch.iter().filter(|probe| !answered(probe));
+            let equal = batch
+                .iter()
+                .filter(|probe| !answered.contains(&(probe.partition, probe.leaf)));
             for probe in equal.filter(|probe| probe.from == shape.leaf_range(probe.partition, probe.leaf as usize).0) {
                 self.ctx
                     .agreement
@@ -241,9 +243,7 @@ impl AntiEntropy {
             let now = self.ctx.clock.now_micros();
             let mut pulls = Vec::new();
             for page in pages {
-                let asked_for = batch
-                    .iter()
-                    .any(|b| (b.partition, b.leaf, b.from) == (page.partition, page.leaf, page.from));
+                let asked_for = probed.contains(&(page.partition, page.leaf, page.from));
                 let (start, end) = shape.leaf_range(page.partition, page.leaf as usize);
                 if !asked_for || page.through < page.from || page.through > end {
                     return Err(SyncError::Unexpected(format!(
