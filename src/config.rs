@@ -487,7 +487,8 @@ impl ClusterConfig {
         Duration::from_millis(self.limits.max_clock_skew_ms)
     }
 
-    /// What a client needs to route requests (the answer to `Members`).
+    /// What a client needs to route requests (the answer to `Members`, whose `down` the
+    /// answering node fills in from its failure detector).
     pub fn cluster_info(&self) -> ClusterInfo {
         ClusterInfo {
             members: self
@@ -509,6 +510,7 @@ impl ClusterConfig {
             max_key_bytes: self.limits.max_key_bytes,
             max_value_bytes: self.limits.max_value_bytes,
             hinted_handoff: self.convergence.hinted_handoff,
+            down: Vec::new(),
         }
     }
 }

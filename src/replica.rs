@@ -25,7 +25,7 @@ use crate::storage::{Applied, HintStored, StorageError};
 /// Answers client requests from this node's storage.
 pub struct Replica {
     ctx: Arc<NodeContext>,
-    /// The answer to `Members`, computed once.
+    /// The answer to `Members` but for its `down` list, computed once.
     info: ClusterInfo,
     /// Epoch of this node's ring; requests routed with another are refused.
     epoch: u64,
@@ -53,10 +53,20 @@ impl Replica {
                 key,
                 record,
             } => self.put_hint(epoch, owner, key, record).await,
-            Request::Members => Ok(Response::Members(self.info.clone())),
+            Request::Members => Ok(self.members()),
             Request::Status => Ok(Response::Status(self.ctx.status())),
         };
         result.unwrap_or_else(Response::Error)
+    }
+
+    /// The cluster's description with the members this node's failure detector holds as
+    /// down, so that a client bootstrapping from it does not wait on them.
+    fn members(&self) -> Response {
+        let down = self.ctx.detector.snapshot(self.ctx.me).into_iter();
+        Response::Members(ClusterInfo {
+            down: down.filter(|peer| !peer.up).map(|peer| peer.id).collect(),
+            ..self.info.clone()
+        })
     }
 
     async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
@@ -164,7 +174,7 @@ impl Handler for Replica {
                 let full = storage.apply_then(key, record, done).err();
                 return full.map(|(key, record)| Request::Put { epoch, key, record });
             }
-            Request::Members => reply.send(Response::Members(self.info.clone())),
+            Request::Members => reply.send(self.members()),
             other => return Some(other),
         }
         None

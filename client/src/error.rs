@@ -1,6 +1,7 @@
 //! Errors a client request can end with, shaped for callers to act on.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use crate::tls::TlsError;
 use crate::version::{ClockExhausted, Version};
@@ -34,9 +35,16 @@ pub enum ClientError {
         /// Every replica that did not answer successfully, and why.
         failures: Vec<ReplicaFailure>,
     },
-    /// No seed node answered, so the client does not know the cluster.
-    #[error("cannot reach any seed node: {0}")]
-    NoSeed(String),
+    /// No seed node gave the member list (within `ClientConfig::connect_timeout`), so the
+    /// client does not know the cluster.
+    #[error("no node answered: {}{}", SeedList(.failures), if self.no_node_answered() { " — is the cluster running?" } else { "" })]
+    NoSeed {
+        /// Every seed, with why it did not answer (empty: no seed was given).
+        failures: Vec<SeedFailure>,
+    },
+    /// A seed answered with a member list this client cannot route with.
+    #[error("the seed sent an unusable member list: {0}")]
+    BadMemberList(String),
     /// The TLS identity could not be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -49,6 +57,63 @@ pub enum ClientError {
     /// This client's clock cannot issue a newer version; nothing was sent.
     #[error(transparent)]
     Clock(#[from] ClockExhausted),
+}
+
+impl ClientError {
+    /// Whether this is a [`ClientError::NoSeed`] where no seed said anything at all (every
+    /// one timed out): most likely the cluster is not running, or the seed addresses are
+    /// wrong.
+    pub fn no_node_answered(&self) -> bool {
+        match self {
+            ClientError::NoSeed { failures } => {
+                !failures.is_empty() && failures.iter().all(|f| f.reason == SeedProblem::TimedOut)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One seed that did not give the member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedFailure {
+    /// The seed's address.
+    pub seed: SocketAddr,
+    /// What happened.
+    pub reason: SeedProblem,
+}
+
+/// Why one seed did not give the member list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedProblem {
+    /// No answer before the connect timeout: nothing listens there (a stopped node's port
+    /// does not answer QUIC at all), or the network drops the packets.
+    #[error("timed out")]
+    TimedOut,
+    /// The TLS handshake failed: the seed refused this client's certificate or this client
+    /// the seed's (a certificate from another cluster's CA, say).
+    #[error("TLS handshake refused: {0}")]
+    TlsRefused(String),
+    /// The connection could not be made or broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The seed answered something other than the member list.
+    #[error("unexpected answer: {0}")]
+    UnexpectedAnswer(String),
+}
+
+struct SeedList<'a>(&'a [SeedFailure]);
+
+impl fmt::Display for SeedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "no seed addresses given");
+        }
+        for (i, failure) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} ({})", failure.seed, failure.reason)?;
+        }
+        Ok(())
+    }
 }
 
 /// One replica that did not acknowledge a request.

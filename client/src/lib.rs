@@ -33,7 +33,7 @@ pub mod version;
 pub mod wire;
 
 pub use client::{Client, ClientConfig, ClientStats, Versioned};
-pub use error::{ClientError, FailureReason, ReplicaFailure};
+pub use error::{ClientError, FailureReason, ReplicaFailure, SeedFailure, SeedProblem};
 pub use options::{ReadOptions, RepairMode, WriteOptions};
 pub use tls::TlsIdentity;
 pub use version::Version;

@@ -79,6 +79,28 @@ pub enum TransportError {
     /// The answer could not be decoded or the request not encoded.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The TLS handshake failed: the peer refused this side's certificate, or this side
+    /// the peer's. Not worth retrying until the certificates change.
+    #[error("{addr}: TLS handshake refused: {reason}")]
+    Tls {
+        /// The peer's address.
+        addr: std::net::SocketAddr,
+        /// What the refusing side said.
+        reason: String,
+    },
+}
+
+/// QUIC's error codes for TLS alerts (RFC 9000, section 20.1: 0x0100 + the alert).
+const TLS_ALERT_CODES: std::ops::RangeInclusive<u64> = 0x100..=0x1ff;
+
+/// Whether a connection ended because the TLS handshake failed, on either side.
+fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(e) => e.code,
+        quinn::ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    TLS_ALERT_CODES.contains(&u64::from(code))
 }
 
 impl From<FrameError> for TransportError {
@@ -659,6 +681,12 @@ pub async fn dial<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'st
     let connecting = endpoint
         .connect_with(tls.clone(), addr, &destination.server_name)
         .map_err(|e| lost(&e))?;
-    let conn = connecting.await.map_err(|e| lost(&e))?;
+    let conn = connecting.await.map_err(|e| match is_tls_refusal(&e) {
+        true => TransportError::Tls {
+            addr,
+            reason: e.to_string(),
+        },
+        false => lost(&e),
+    })?;
     Ok(Arc::new(MuxConnection::open(conn, max_frame, traffic).await?))
 }

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::version::Version;
 
+mod members;
+
+pub use members::{ClusterInfo, Member, QuorumDefaults};
+
 /// ALPN of the client protocol, version 2 (version 1 plus `GetVersion`).
 pub const ALPN: &[u8] = b"quorumkv/2";
 /// ALPN of the client protocol's version 1, which nodes still serve (its messages are a
@@ -179,58 +183,6 @@ pub enum Response {
     Error(ErrorReply),
     /// Answer to `GetVersion`: what the node holds, or `None` if it has never seen the key.
     Version(Option<HeldVersion>),
-}
-
-/// Everything a client needs to route requests: members and the cluster's settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    /// Members in join order: `(node id, address)`.
-    pub members: Vec<Member>,
-    /// Number of partitions of the hash space.
-    pub partitions: u32,
-    /// Replicas per partition.
-    pub replication_factor: usize,
-    /// Default n/w/r of requests that do not choose their own.
-    pub defaults: QuorumDefaults,
-    /// Largest key accepted, in bytes.
-    pub max_key_bytes: usize,
-    /// Largest value accepted, in bytes.
-    pub max_value_bytes: usize,
-    /// Whether writes for unreachable replicas go to a fallback node as hints.
-    pub hinted_handoff: bool,
-}
-
-impl ClusterInfo {
-    /// Largest frame a client accepts from the cluster's nodes: a largest key and value
-    /// plus [`FRAME_OVERHEAD`]; `None` when the limits a seed sent do not add up in a
-    /// `usize` (no node sends those: the client refuses the member list).
-    pub fn max_frame(&self) -> Option<usize> {
-        self.max_key_bytes
-            .checked_add(self.max_value_bytes)?
-            .checked_add(FRAME_OVERHEAD)
-    }
-}
-
-/// One cluster member.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    /// Node id, unique in the cluster; also the name in its TLS certificate.
-    pub id: String,
-    /// Address its QUIC endpoint listens on.
-    pub addr: std::net::SocketAddr,
-}
-
-/// Default quorum sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuorumDefaults {
-    /// Replicas contacted per request.
-    pub n: usize,
-    /// Acknowledgements a write waits for.
-    pub w: usize,
-    /// Answers a read waits for.
-    pub r: usize,
-    /// Request timeout in milliseconds.
-    pub timeout_ms: u64,
 }
 
 /// Why a node refused or failed a request.

@@ -227,6 +227,7 @@ fn cluster_info() -> ClusterInfo {
         max_key_bytes: 1024,
         max_value_bytes: 4 << 20,
         hinted_handoff: true,
+        down: vec!["n3".into()],
     }
 }
 

@@ -106,7 +106,8 @@ pub fn error_kind(e: &ClientError) -> String {
     match e {
         ClientError::InvalidOptions(_) => "invalid_options".into(),
         ClientError::TooLarge { .. } => "too_large".into(),
-        ClientError::NoSeed(_) => "no_seed".into(),
+        ClientError::NoSeed { .. } => "no_seed".into(),
+        ClientError::BadMemberList(_) => "bad_member_list".into(),
         ClientError::Tls(_) => "tls".into(),
         ClientError::Endpoint(_) => "endpoint".into(),
         ClientError::Randomness(_) => "randomness".into(),

@@ -4,41 +4,72 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::ClientError;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use crate::error::{ClientError, SeedFailure, SeedProblem};
 use crate::net::bind_udp;
 use crate::transport::{dial, Destination, MuxConnection, TransportError};
 use crate::wire::{ClusterInfo, Request, Response};
 
-/// How long to wait for a seed node's member list.
-const SEED_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`crate::Client::connect`] waits for a seed's member list unless
+/// [`crate::ClientConfig::connect_timeout`] says otherwise: the cluster's default request
+/// timeout, since the seeds' answer is one more request.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted before the cluster's limits are known (the member list).
 const BOOTSTRAP_MAX_FRAME: usize = 1 << 20;
 
-/// Asks each seed in turn for the member list.
+/// Asks every seed at once for the member list and takes the first answer; the other
+/// attempts are dropped, which abandons their handshakes. Gives up after `timeout`,
+/// naming every seed with why it gave no member list (a seed still silent then: timed
+/// out).
 pub async fn fetch_cluster(
     endpoint: &quinn::Endpoint,
     tls: &quinn::ClientConfig,
     seeds: &[SocketAddr],
+    timeout: Duration,
 ) -> Result<ClusterInfo, ClientError> {
-    let mut reasons = Vec::new();
-    for &seed in seeds {
-        let attempt = async {
-            let conn = dial_any_node(endpoint, tls, seed).await?;
-            let response = conn.call(Request::Members).await;
-            conn.connection().close(0u32.into(), b"bootstrap done");
-            response
-        };
-        match tokio::time::timeout(SEED_TIMEOUT, attempt).await {
-            Ok(Ok(Response::Members(info))) => return Ok(info),
-            Ok(Ok(other)) => reasons.push(format!("{seed}: unexpected answer {other:?}")),
-            Ok(Err(e)) => reasons.push(format!("{seed}: {e}")),
-            Err(_) => reasons.push(format!("{seed}: no answer within {SEED_TIMEOUT:?}")),
+    let deadline = Instant::now() + timeout;
+    let mut attempts: FuturesUnordered<_> = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, &seed)| async move { (i, ask_seed(endpoint, tls, seed).await) })
+        .collect();
+    let mut problems: Vec<Option<SeedProblem>> = vec![None; seeds.len()];
+    while let Ok(Some((i, answer))) = tokio::time::timeout_at(deadline, attempts.next()).await {
+        match answer {
+            Ok(info) => return Ok(info),
+            Err(problem) => problems[i] = Some(problem),
         }
     }
-    if seeds.is_empty() {
-        reasons.push("no seed addresses given".into());
+    let failures = seeds
+        .iter()
+        .zip(problems)
+        .map(|(&seed, problem)| SeedFailure {
+            seed,
+            reason: problem.unwrap_or(SeedProblem::TimedOut),
+        })
+        .collect();
+    Err(ClientError::NoSeed { failures })
+}
+
+/// One seed's member list.
+async fn ask_seed(
+    endpoint: &quinn::Endpoint,
+    tls: &quinn::ClientConfig,
+    seed: SocketAddr,
+) -> Result<ClusterInfo, SeedProblem> {
+    let conn = dial_any_node(endpoint, tls, seed).await.map_err(|e| match e {
+        TransportError::Tls { reason, .. } => SeedProblem::TlsRefused(reason),
+        other => SeedProblem::Unreachable(other.to_string()),
+    })?;
+    let response = conn.call(Request::Members).await;
+    conn.connection().close(0u32.into(), b"bootstrap done");
+    match response {
+        Ok(Response::Members(info)) => Ok(info),
+        Ok(other) => Err(SeedProblem::UnexpectedAnswer(format!("{other:?}"))),
+        Err(e) => Err(SeedProblem::Unreachable(e.to_string())),
     }
-    Err(ClientError::NoSeed(reasons.join("; ")))
 }
 
 /// Dials a seed whose node id is unknown: the server name is the fixed seed name every

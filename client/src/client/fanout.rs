@@ -64,10 +64,14 @@ impl Health {
 
     /// Remembers that `node` was late with (or refused) a read's record.
     pub fn mark_slow(&self, node: usize) {
-        let mut slow = self.slow_until.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slow.get_mut(node) {
-            *slot = Some(Instant::now() + DOWN_BACKOFF);
-        }
+        start_backoff(&self.slow_until, node);
+    }
+
+    /// Remembers `node` as down for [`DOWN_BACKOFF`], as if it had just failed: the seed's
+    /// failure detector says so. After that the next request tries it again, so a node
+    /// that came back is used again.
+    pub fn mark_down(&self, node: usize) {
+        start_backoff(&self.down_until, node);
     }
 
     pub(super) fn observe(&self, node: usize, result: &Result<Response, FailureReason>) {
@@ -76,6 +80,14 @@ impl Health {
         if let Some(slot) = down.get_mut(node) {
             *slot = failed.then(|| Instant::now() + DOWN_BACKOFF);
         }
+    }
+}
+
+/// Sets `node`'s entry in `until` to [`DOWN_BACKOFF`] from now.
+fn start_backoff(until: &Mutex<Vec<Option<Instant>>>, node: usize) {
+    let mut until = until.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(slot) = until.get_mut(node) {
+        *slot = Some(Instant::now() + DOWN_BACKOFF);
     }
 }
 

@@ -34,12 +34,13 @@ use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
 use fanout::{same_to_all, Background, Health, HintPolicy};
 use repair::MAX_CONCURRENT_REPAIRS;
 
+pub use bootstrap::DEFAULT_CONNECT_TIMEOUT;
 pub use fanout::DOWN_BACKOFF;
 
 /// How to reach a cluster.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// Nodes to ask for the member list, tried in order.
+    /// Nodes to ask for the member list, all at once (the first answer wins).
     pub seeds: Vec<SocketAddr>,
     /// The client certificate and the cluster CA.
     pub identity: TlsIdentity,
@@ -54,11 +55,15 @@ pub struct ClientConfig {
     /// here; the CLI takes it from cluster.toml, and [`DEFAULT_MAX_CLOCK_SKEW`] matches
     /// the cluster's default.
     pub max_clock_skew: Duration,
+    /// How long [`Client::connect`] waits for a seed's member list before it gives up
+    /// with [`ClientError::NoSeed`] ([`DEFAULT_CONNECT_TIMEOUT`] by default; the CLI uses
+    /// the command's request timeout).
+    pub connect_timeout: Duration,
 }
 
 impl ClientConfig {
-    /// A configuration with a random writer id, the system clock and the default
-    /// clock-skew limit.
+    /// A configuration with a random writer id, the system clock, the default clock-skew
+    /// limit and the default connect timeout.
     pub fn new(seeds: Vec<SocketAddr>, identity: TlsIdentity) -> ClientConfig {
         ClientConfig {
             seeds,
@@ -66,6 +71,7 @@ impl ClientConfig {
             writer_id: None,
             clock: system_clock(),
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -117,28 +123,36 @@ struct Inner {
 }
 
 impl Client {
-    /// Connects to the cluster through the first seed that answers.
+    /// Connects to the cluster through the first seed that answers, within
+    /// `config.connect_timeout`. The members that seed sees down are skipped at first, as
+    /// if this client had just seen them fail (see [`DOWN_BACKOFF`]).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let tls = config.identity.client_config()?;
         let endpoint = client_endpoint(&config.seeds)?;
-        let cluster = fetch_cluster(&endpoint, &tls, &config.seeds).await?;
+        let cluster = fetch_cluster(&endpoint, &tls, &config.seeds, config.connect_timeout).await?;
         let ids: Vec<String> = cluster.members.iter().map(|m| m.id.clone()).collect();
         let ring = Ring::new(&ids, cluster.partitions, cluster.replication_factor)
-            .map_err(|e| ClientError::NoSeed(format!("the seed sent an unusable member list: {e}")))?;
+            .map_err(|e| ClientError::BadMemberList(e.to_string()))?;
         let writer = match config.writer_id {
             Some(writer) => writer,
             None => random_writer_id()?,
         };
         let destinations = cluster.members.iter().map(Destination::of).collect();
         let max_frame = max_response_frame(&cluster).ok_or_else(|| {
-            ClientError::NoSeed(format!(
-                "the seed sent unusable limits: max_key_bytes = {}, max_value_bytes = {}",
+            ClientError::BadMemberList(format!(
+                "unusable limits: max_key_bytes = {}, max_value_bytes = {}",
                 cluster.max_key_bytes, cluster.max_value_bytes
             ))
         })?;
+        let health = Health::new(cluster.members.len());
+        for down in &cluster.down {
+            if let Some(node) = ids.iter().position(|id| id == down) {
+                health.mark_down(node);
+            }
+        }
         let inner = Inner {
             nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
-            health: Health::new(cluster.members.len()),
+            health,
             cluster,
             ring,
             hlc: Mutex::new(HybridClock::new(writer)),
