@@ -1,26 +1,59 @@
 //! The `quorumkv` command line: run nodes, and read and write keys.
 //!
-//! Exit codes: 0 success, 1 failure (the message says why), 2 key not found (`get`).
+//! Exit codes, for scripts ([`EXIT_CODES`], also at the end of `--help`):
+//! - 0: success (and `--help`, `--version`);
+//! - 1: failure, the message says why (no quorum, no node answered, a file that cannot
+//!   be read or written, a broken cluster.toml);
+//! - 2: `get`: the key does not exist (never written, or deleted);
+//! - 64 (`EX_USAGE` of sysexits.h, as Unix tools use it): the command line is wrong and
+//!   nothing was sent: an unknown or malformed argument (`--w abc`, non-UTF-8 input),
+//!   options that cannot work together (`--w 4` with n = 3), a key or value over the
+//!   cluster's limits. Retrying the same command cannot help.
+//!
+//! Values are bytes: `put KEY -` reads the value from stdin and `put KEY --value-file F`
+//! from a file; `get` writes the raw bytes, to `--output F` or to stdout with a newline
+//! after them only when stdout is a terminal ([`values`]).
+//!
+//! A client command is bounded by its request timeout (`--timeout-ms`, else cluster.toml's
+//! `[defaults] timeout_ms`): finding the cluster asks every seed at once within it, the
+//! members the answering seed sees down get no request (their writes go to a fallback as
+//! hints), and before exiting the command waits for its remaining sends only for what is
+//! left of that timeout.
+
+mod values;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use quorumkv_client::{Client, ClientConfig, ReadOptions, Record, RepairMode, WriteOptions};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use quorumkv_client::{Client, ClientConfig, ClientError, ReadOptions, Record, RepairMode, WriteOptions};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
 use crate::node::{Node, NodeParts};
 use crate::pki;
+use values::{write_value, ValueError, ValueSource};
 
 /// Exit code of `get` when the key does not exist.
 pub const EXIT_NOT_FOUND: u8 = 2;
+/// Exit code of a command line that is wrong (EX_USAGE of sysexits.h): nothing was sent.
+pub const EXIT_USAGE: u8 = 64;
+
+/// The exit codes, as `--help` lists them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   failure (no quorum, no node answered, a file error, ...): the message says why
+  2   get: the key does not exist
+  64  usage error: bad arguments, options that cannot work, a key or value over the
+      cluster's limits; nothing was sent";
 
 /// quorumkv: a Dynamo-style leaderless key-value store.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,19 +71,31 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Store VALUE under KEY.
+    /// Store a value under KEY: VALUE, `-` (stdin) or --value-file.
+    #[command(
+        group(ArgGroup::new("source").required(true).args(["value", "value_file"])),
+        override_usage = "quorumkv put [OPTIONS] <KEY> <VALUE | - | --value-file <PATH>>",
+        after_help = EXIT_CODES
+    )]
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value; `-` reads it from stdin (any bytes).
+        value: Option<String>,
+        /// Read the value from this file (any bytes).
+        #[arg(long, value_name = "PATH")]
+        value_file: Option<PathBuf>,
         #[command(flatten)]
         quorum: WriteArgs,
     },
     /// Print the value stored under KEY (exit code 2 if there is none).
+    #[command(after_help = EXIT_CODES)]
     Get {
         /// The key.
         key: String,
+        /// Write the value's bytes to this file instead of stdout.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
         #[command(flatten)]
         quorum: ReadArgs,
     },
@@ -90,8 +135,9 @@ struct WriteArgs {
     /// Acknowledgements to wait for (default from cluster.toml).
     #[arg(long)]
     w: Option<usize>,
-    /// Request timeout in milliseconds (default from cluster.toml).
-    #[arg(long)]
+    /// Request timeout in milliseconds, finding the cluster included (default from
+    /// cluster.toml).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Let acknowledgements of hints held by fallback nodes count toward --w.
     #[arg(long)]
@@ -108,8 +154,9 @@ struct ReadArgs {
     /// Answers to wait for (default from cluster.toml).
     #[arg(long)]
     r: Option<usize>,
-    /// Request timeout in milliseconds (default from cluster.toml).
-    #[arg(long)]
+    /// Request timeout in milliseconds, finding the cluster included (default from
+    /// cluster.toml).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Read repair of stale replicas: after the read (background), before it (blocking), or off.
     #[arg(long, value_enum, default_value = "background")]
@@ -158,8 +205,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(arg) => up(&load(&arg.config)?),
         Command::Status { config, json } => {
-            let ids = load(&config.config)?.node_ids();
-            client_command(&config.config, |client| async move {
+            let config = load(&config.config)?;
+            let ids = config.node_ids();
+            client_command(&config, None, |client| async move {
                 let report = crate::status::collect(&client, &ids).await;
                 crate::status::print(&report, json)?;
                 Ok(if report.iter().all(|r| r.status.is_ok()) {
@@ -170,23 +218,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Node { id, config } => run_node(&load(&config.config)?, &id),
-        Command::Put { key, value, quorum } => {
+        Command::Put {
+            key,
+            value,
+            value_file,
+            quorum,
+        } => {
+            let config = load(&quorum.config.config)?;
+            let value = ValueSource::new(value, value_file).read(config.limits.max_value_bytes)?;
             let options = quorum.options();
-            client_command(&quorum.config.config, |client| async move {
+            client_command(&config, quorum.timeout_ms, |client| async move {
                 let version = client.put_with(key, value, &options).await?;
                 println!("ok (version {version})");
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Get { key, quorum } if quorum.from.is_some() => {
+        Command::Get { key, output, quorum } if quorum.from.is_some() => {
             let node = quorum.from.clone().unwrap_or_default();
-            client_command(&quorum.config.config, |client| async move {
+            let config = load(&quorum.config.config)?;
+            client_command(&config, quorum.timeout_ms, |client| async move {
                 match client.get_from(&node, key.clone()).await? {
                     Some(Record {
                         version,
                         value: Some(value),
                     }) => {
-                        println!("{}", String::from_utf8_lossy(&value));
+                        write_value(&value, output.as_deref())?;
                         eprintln!("{key}: version {version} on {node}");
                         Ok(ExitCode::SUCCESS)
                     }
@@ -201,12 +257,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        Command::Get { key, quorum } => {
+        Command::Get { key, output, quorum } => {
             let options = quorum.options();
-            client_command(&quorum.config.config, |client| async move {
+            let config = load(&quorum.config.config)?;
+            client_command(&config, quorum.timeout_ms, |client| async move {
                 match client.get_with(key.clone(), &options).await? {
                     Some(found) => {
-                        println!("{}", String::from_utf8_lossy(&found.value));
+                        write_value(&found.value, output.as_deref())?;
                         Ok(ExitCode::SUCCESS)
                     }
                     None => {
@@ -218,7 +275,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Delete { key, quorum } => {
             let options = quorum.options();
-            client_command(&quorum.config.config, |client| async move {
+            let config = load(&quorum.config.config)?;
+            client_command(&config, quorum.timeout_ms, |client| async move {
                 let version = client.delete_with(key, &options).await?;
                 println!("deleted (version {version})");
                 Ok(ExitCode::SUCCESS)
@@ -228,30 +286,71 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints a command line clap could not parse (or `--help`, `--version`) and returns
+/// the exit code: [`EXIT_USAGE`] for an error, success for help and version.
+pub fn parse_error(error: clap::Error) -> ExitCode {
+    let _ = error.print();
+    match error.use_stderr() {
+        true => ExitCode::from(EXIT_USAGE),
+        false => ExitCode::SUCCESS,
+    }
+}
+
+/// The exit code of a command that failed with `error`: [`EXIT_USAGE`] when the command
+/// line is what is wrong (nothing was sent), 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    let usage = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ClientError>(),
+            Some(ClientError::InvalidOptions(_) | ClientError::TooLarge { .. })
+        ) || matches!(cause.downcast_ref::<ValueError>(), Some(ValueError::TooLarge { .. }))
+    });
+    match usage {
+        true => ExitCode::from(EXIT_USAGE),
+        false => ExitCode::FAILURE,
+    }
+}
+
 fn load(path: &Path) -> anyhow::Result<ClusterConfig> {
     Ok(ClusterConfig::load(path)?)
 }
 
-/// Connects a client to the cluster of `config_path` and runs `action` with it.
-fn client_command<F, Fut>(config_path: &Path, action: F) -> anyhow::Result<ExitCode>
+/// Connects a client to the cluster of `config` and runs `action` with it, all within
+/// the request timeout (`timeout_ms`, else the cluster's default): finding the cluster
+/// gets that long, and the sends the request returned without get what is left of it.
+fn client_command<F, Fut>(config: &ClusterConfig, timeout_ms: Option<u64>, action: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
-    let config = load(config_path)?;
+    let timeout = Duration::from_millis(timeout_ms.unwrap_or(config.defaults.timeout_ms));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let (tls_dir, generate) = config.tls_dir();
         let identity =
             pki::identity(&tls_dir, pki_client_name(), generate).context("loading the client certificate")?;
         let seeds = config.nodes.iter().map(|n| n.addr).collect();
-        let client = Client::connect(client_config(&config, seeds, identity)).await?;
+        let mut client_config = client_config(config, seeds, identity);
+        client_config.connect_timeout = timeout;
+        let client = Client::connect(client_config).await.map_err(suggest_up)?;
+        let started = Instant::now();
         let result = action(client.clone()).await;
-        // Let the sends the request returned without (writes beyond w, hints) finish.
-        let limit = Duration::from_millis(config.defaults.timeout_ms);
-        client.finish_background(limit).await;
+        // Let the sends the request returned without (writes beyond w, hints) finish, but
+        // only within the request's own timeout. Members known down get no sends at all:
+        // their writes went to fallbacks as hints.
+        client
+            .finish_background(timeout.saturating_sub(started.elapsed()))
+            .await;
         result
     })
+}
+
+/// When no node answered at all, says how to start the local cluster.
+fn suggest_up(error: ClientError) -> anyhow::Error {
+    match error.no_node_answered() {
+        true => anyhow::anyhow!("{error} (`quorumkv up` starts the local one)"),
+        false => error.into(),
+    }
 }
 
 /// A client configuration for the cluster of `config`, with its clock-skew limit.

@@ -1,17 +1,51 @@
-//! The `quorumkv` binary as a user runs it: client commands against a cluster, a broken
-//! cluster.toml, and `--help`.
+//! The `quorumkv` binary as a user runs it: client commands against a cluster (one node
+//! down, none running, another cluster's CA), binary values through stdin and files, exit
+//! codes, a broken cluster.toml, and `--help`.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{Shape, TestCluster};
+use quorumkv_client::transport::DIAL_TIMEOUT;
 
 fn quorumkv(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quorumkv"))
         .args(args)
         .output()
         .expect("run quorumkv")
+}
+
+/// Runs `quorumkv args` with `input` on its stdin.
+fn quorumkv_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run quorumkv");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // The command may stop reading early (a value over the limit): a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().expect("wait for quorumkv")
+}
+
+/// Runs `quorumkv args --config config` on a blocking thread (the cluster under test
+/// runs on the test's runtime); returns its output and how long it took.
+async fn cli_timed(config: &std::path::Path, args: &[&str]) -> (Output, Duration) {
+    let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    full.extend(["--config".into(), config.to_str().unwrap().into()]);
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = quorumkv(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        (out, started.elapsed())
+    })
+    .await
+    .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -37,7 +71,7 @@ async fn put_get_delete_from_the_command_line() {
 
     let get = cli(vec!["get", "colour", "--r", "3"]).await.unwrap();
     assert!(get.status.success(), "{}", text(&get.stderr));
-    assert_eq!(text(&get.stdout), "blue\n");
+    assert_eq!(text(&get.stdout), "blue", "the value's bytes, no newline when piped");
 
     let client = cluster.client().await;
     assert_eq!(
@@ -53,7 +87,11 @@ async fn put_get_delete_from_the_command_line() {
     assert!(text(&missing.stderr).contains("colour: not found"));
 
     let invalid = cli(vec!["put", "k", "v", "--n", "2", "--w", "3"]).await.unwrap();
-    assert_eq!(invalid.status.code(), Some(1));
+    assert_eq!(
+        invalid.status.code(),
+        Some(64),
+        "options that cannot work are a usage error"
+    );
     assert!(
         text(&invalid.stderr).contains("w = 3 exceeds n = 2"),
         "{}",
@@ -113,7 +151,7 @@ async fn status_and_get_from_show_each_nodes_own_view() {
 
     let from = run(args(&["get", "k", "--from", "n1"])).await.unwrap();
     assert!(from.status.success(), "{}", text(&from.stderr));
-    assert_eq!(text(&from.stdout), "v1\n");
+    assert_eq!(text(&from.stdout), "v1");
     assert!(text(&from.stderr).contains("version"), "{}", text(&from.stderr));
 
     let status = run(args(&["status", "--json"])).await.unwrap();
@@ -142,4 +180,183 @@ async fn status_and_get_from_show_each_nodes_own_view() {
     let human = text(&human.stdout);
     assert!(human.contains("n1  up") && human.contains("n3  UNREACHABLE"), "{human}");
     cluster.shutdown().await;
+}
+
+/// A command must not wait for a node that is down: the seed's failure detector names it,
+/// so its write goes to a fallback as a hint at once and reads do not ask it. Before, every
+/// command waited for the dead node's dial (DIAL_TIMEOUT, 3 s) even after printing its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_costs_a_command_no_wait() {
+    let mut cluster = TestCluster::start(Shape::three().with("[convergence]\nping_interval_ms = 100")).await;
+    let client = cluster.client().await;
+    cluster.stop(2).await;
+    common::wait_until("n1 sees n3 down", Duration::from_secs(30), || async {
+        let status = client.status("n1").await.map_err(|e| e.to_string())?;
+        match status.peers.iter().any(|p| p.id == "n3" && !p.up) {
+            true => Ok(()),
+            false => Err(format!("{:?}", status.peers)),
+        }
+    })
+    .await;
+    // A long request timeout, so that waiting for the dead node would show.
+    let slow = ["--timeout-ms", "20000"];
+    let (put, took) = cli_timed(&cluster.config_path, &[&["put", "k", "v"][..], &slow].concat()).await;
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    assert!(
+        took < DIAL_TIMEOUT,
+        "put took {took:?}, as long as a dial to the dead node"
+    );
+    let (get, took) = cli_timed(&cluster.config_path, &[&["get", "k"][..], &slow].concat()).await;
+    assert_eq!(text(&get.stdout), "v", "{}", text(&get.stderr));
+    assert!(
+        took < DIAL_TIMEOUT,
+        "get took {took:?}, as long as a dial to the dead node"
+    );
+    let (all, _) = cli_timed(
+        &cluster.config_path,
+        &[&["put", "k", "v2", "--w", "3"][..], &slow].concat(),
+    )
+    .await;
+    assert_eq!(all.status.code(), Some(1), "w = 3 of 2 live replicas is a failure");
+    assert!(text(&all.stderr).contains("n3"), "{}", text(&all.stderr));
+    cluster.shutdown().await;
+}
+
+/// With no node running, a command fails within its timeout (all seeds are asked at once)
+/// and says which seeds it tried and that the cluster may not be running. Before, it
+/// asked the seeds one after another, 5 s each, whatever the timeout.
+#[test]
+fn no_cluster_running_fails_within_the_timeout_naming_every_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = common::free_addrs(3);
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, common::config_text(&Shape::three(), &addrs)).unwrap();
+    let config = config.to_str().unwrap();
+    // The cluster's default timeout (Shape::three: 2 s), then a shorter one.
+    for (timeout, extra) in [(2_000, vec![]), (500, vec!["--timeout-ms", "500"])] {
+        let started = Instant::now();
+        let out = quorumkv(&[&["get", "k", "--config", config][..], &extra].concat());
+        let took = started.elapsed();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        // Margin: starting the process and loading its certificate.
+        let bound = Duration::from_millis(timeout) + Duration::from_secs(2);
+        assert!(took < bound, "took {took:?} with a {timeout} ms timeout");
+        for addr in &addrs {
+            assert!(err.contains(&format!("{addr} (timed out)")), "{addr} named: {err}");
+        }
+        assert!(
+            err.contains("is the cluster running?") && err.contains("quorumkv up"),
+            "{err}"
+        );
+    }
+}
+
+/// A client whose certificate comes from another CA (a cluster.toml copied elsewhere
+/// generates its own development CA) hears a refusal, not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_ca_is_reported_as_a_refused_handshake() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("cluster.toml");
+    std::fs::copy(&cluster.config_path, &copy).unwrap();
+    let (out, _) = cli_timed(&copy, &["get", "k"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("TLS handshake refused").count(),
+        3,
+        "every seed refused: {err}"
+    );
+    assert!(
+        !err.contains("timed out") && !err.contains("is the cluster running"),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Binary values of any size up to the limit go in through a file or stdin and come out
+/// byte for byte through `--output` or a pipe; one byte over the limit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_values_round_trip_through_files_stdin_and_stdout() {
+    const LIMIT: usize = 2 << 20;
+    let cluster = TestCluster::start(Shape::three().with(&format!("[limits]\nmax_value_bytes = {LIMIT}"))).await;
+    let config = cluster.config_path.to_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let value: Vec<u8> = (0..1 << 20).map(|i| (i % 256) as u8).collect();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &value).unwrap();
+    let output = dir.path().join("out.bin");
+    let (config_, input_, output_, value_) = (config.clone(), input.clone(), output.clone(), value.clone());
+    tokio::task::spawn_blocking(move || {
+        let (config, input, output, value) = (config_, input_, output_, value_);
+        let c = ["--config", config.as_str()];
+        let put = quorumkv(&[&["put", "file", "--value-file", input.to_str().unwrap()][..], &c].concat());
+        assert!(put.status.success(), "{}", text(&put.stderr));
+        let get = quorumkv(&[&["get", "file", "--output", output.to_str().unwrap()][..], &c].concat());
+        assert!(get.status.success(), "{}", text(&get.stderr));
+        assert!(get.stdout.is_empty(), "--output leaves stdout alone");
+        assert!(
+            std::fs::read(&output).unwrap() == value,
+            "--output holds the exact bytes"
+        );
+
+        let put = quorumkv_with_stdin(&[&["put", "piped", "-"][..], &c].concat(), &value);
+        assert!(put.status.success(), "{}", text(&put.stderr));
+        let get = quorumkv(&[&["get", "piped"][..], &c].concat());
+        assert!(get.status.success(), "{}", text(&get.stderr));
+        assert!(get.stdout == value, "stdout holds the exact bytes, no newline");
+
+        let over = vec![7u8; LIMIT + 1];
+        let put = quorumkv_with_stdin(&[&["put", "big", "-"][..], &c].concat(), &over);
+        assert_eq!(put.status.code(), Some(64), "{}", text(&put.stderr));
+        assert!(
+            text(&put.stderr).contains(&format!("limit of {LIMIT} bytes")),
+            "{}",
+            text(&put.stderr)
+        );
+        let both = quorumkv(&[&["put", "k", "v", "--value-file", input.to_str().unwrap()][..], &c].concat());
+        assert_eq!(
+            both.status.code(),
+            Some(64),
+            "a value and a file: {}",
+            text(&both.stderr)
+        );
+    })
+    .await
+    .unwrap();
+    let client = cluster.client().await;
+    assert!(client.get("piped").await.unwrap().unwrap().value == value);
+    assert!(
+        client.get("big").await.unwrap().is_none(),
+        "the oversized value was not sent"
+    );
+    cluster.shutdown().await;
+}
+
+/// Usage errors exit with 64, never with 2 (which means "not found").
+#[test]
+fn usage_errors_exit_with_64() {
+    let bad_number = quorumkv(&["put", "k", "v", "--w", "abc"]);
+    assert_eq!(bad_number.status.code(), Some(64), "{}", text(&bad_number.stderr));
+    let no_value = quorumkv(&["put", "k"]);
+    assert_eq!(no_value.status.code(), Some(64), "{}", text(&no_value.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let key = std::ffi::OsStr::from_bytes(b"k\xff");
+        let out = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
+            .arg("get")
+            .arg(key)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("UTF-8"), "{}", text(&out.stderr));
+    }
+    let help = quorumkv(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(
+        text(&help.stdout).contains("64  usage error"),
+        "--help lists the exit codes"
+    );
 }
