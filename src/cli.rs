@@ -100,6 +100,7 @@ enum Command {
         quorum: ReadArgs,
     },
     /// Delete KEY.
+    #[command(after_help = EXIT_CODES)]
     Delete {
         /// The key.
         key: String,

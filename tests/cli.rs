@@ -190,14 +190,17 @@ async fn a_stopped_node_costs_a_command_no_wait() {
     let mut cluster = TestCluster::start(Shape::three().with("[convergence]\nping_interval_ms = 100")).await;
     let client = cluster.client().await;
     cluster.stop(2).await;
-    common::wait_until("n1 sees n3 down", Duration::from_secs(30), || async {
-        let status = client.status("n1").await.map_err(|e| e.to_string())?;
-        match status.peers.iter().any(|p| p.id == "n3" && !p.up) {
-            true => Ok(()),
-            false => Err(format!("{:?}", status.peers)),
-        }
-    })
-    .await;
+    // Whichever seed answers first tells the client who is down: both must know.
+    for seed in ["n1", "n2"] {
+        common::wait_until(&format!("{seed} sees n3 down"), Duration::from_secs(30), || async {
+            let status = client.status(seed).await.map_err(|e| e.to_string())?;
+            match status.peers.iter().any(|p| p.id == "n3" && !p.up) {
+                true => Ok(()),
+                false => Err(format!("{:?}", status.peers)),
+            }
+        })
+        .await;
+    }
     // A long request timeout, so that waiting for the dead node would show.
     let slow = ["--timeout-ms", "20000"];
     let (put, took) = cli_timed(&cluster.config_path, &[&["put", "k", "v"][..], &slow].concat()).await;

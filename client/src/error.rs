@@ -37,7 +37,7 @@ pub enum ClientError {
     },
     /// No seed node gave the member list (within `ClientConfig::connect_timeout`), so the
     /// client does not know the cluster.
-    #[error("no node answered: {}{}", SeedList(.failures), if self.no_node_answered() { " — is the cluster running?" } else { "" })]
+    #[error("{}", NoSeedMessage(self))]
     NoSeed {
         /// Every seed, with why it did not answer (empty: no seed was given).
         failures: Vec<SeedFailure>,
@@ -99,6 +99,22 @@ pub enum SeedProblem {
     /// The seed answered something other than the member list.
     #[error("unexpected answer: {0}")]
     UnexpectedAnswer(String),
+}
+
+/// [`ClientError::NoSeed`]'s message: when every seed was silent, most likely nothing
+/// runs there, so it asks; when some refused, the reasons say why.
+struct NoSeedMessage<'a>(&'a ClientError);
+
+impl fmt::Display for NoSeedMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ClientError::NoSeed { failures } = self.0 else {
+            return Ok(());
+        };
+        match self.0.no_node_answered() {
+            true => write!(f, "no node answered: {} — is the cluster running?", SeedList(failures)),
+            false => write!(f, "no seed sent the member list: {}", SeedList(failures)),
+        }
+    }
 }
 
 struct SeedList<'a>(&'a [SeedFailure]);
