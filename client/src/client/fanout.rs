@@ -14,92 +14,21 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
+use super::health::DOWN_BACKOFF;
 use super::Inner;
 use crate::error::{ClientError, FailureReason, ReplicaFailure};
 use crate::options::QuorumPlan;
 use crate::quorum::{QuorumState, QuorumTracker};
 use crate::transport::{AnswerSink, EncodedRequest, Registration};
 use crate::wire::{Request, Response};
-
-/// How long a replica that failed is skipped by writes (they go to a fallback instead).
-pub const DOWN_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Replicas this client saw fail recently, and replicas that were late with a read's
-/// record.
-#[derive(Default)]
-pub struct Health {
-    down_until: Mutex<Vec<Option<Instant>>>,
-    /// Until when a replica is not asked for reads' records (it was late or refused);
-    /// it still gets writes and version-only reads.
-    slow_until: Mutex<Vec<Option<Instant>>>,
-}
-
-impl Health {
-    /// A tracker for `members` nodes.
-    pub fn new(members: usize) -> Health {
-        Health {
-            down_until: Mutex::new(vec![None; members]),
-            slow_until: Mutex::new(vec![None; members]),
-        }
-    }
-
-    /// Whether `node` failed within the last [`DOWN_BACKOFF`].
-    pub fn is_down(&self, node: usize) -> bool {
-        in_backoff(&self.down_until, node)
-    }
-
-    /// Whether `node` was late with (or refused) a read's record within the last
-    /// [`DOWN_BACKOFF`].
-    pub fn is_slow(&self, node: usize) -> bool {
-        in_backoff(&self.slow_until, node)
-    }
-
-    /// Remembers that `node` was late with (or refused) a read's record.
-    pub fn mark_slow(&self, node: usize) {
-        start_backoff(&self.slow_until, node);
-    }
-
-    /// Remembers `node` as down for [`DOWN_BACKOFF`], as if it had just failed: the seed's
-    /// failure detector says so. After that the next request tries it again, so a node
-    /// that came back is used again.
-    pub fn mark_down(&self, node: usize) {
-        start_backoff(&self.down_until, node);
-    }
-
-    pub(super) fn observe(&self, node: usize, result: &Result<Response, FailureReason>) {
-        let failed = matches!(result, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
-        let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = down.get_mut(node) {
-            *slot = failed.then(|| Instant::now() + DOWN_BACKOFF);
-        }
-    }
-}
-
-/// Sets `node`'s entry in `until` to [`DOWN_BACKOFF`] from now.
-fn start_backoff(until: &Mutex<Vec<Option<Instant>>>, node: usize) {
-    let mut until = until.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(slot) = until.get_mut(node) {
-        *slot = Some(Instant::now() + DOWN_BACKOFF);
-    }
-}
-
-/// Whether `node`'s entry in `until` is still ahead of now.
-fn in_backoff(until: &Mutex<Vec<Option<Instant>>>, node: usize) -> bool {
-    let until = until.lock().unwrap_or_else(|p| p.into_inner());
-    until
-        .get(node)
-        .copied()
-        .flatten()
-        .is_some_and(|until| Instant::now() < until)
-}
 
 /// Counts one send (and its hint) as in flight until dropped.
 struct InFlight(Arc<Background>);

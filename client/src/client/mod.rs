@@ -11,6 +11,7 @@
 
 mod bootstrap;
 mod fanout;
+mod health;
 mod read;
 mod repair;
 
@@ -31,11 +32,12 @@ use crate::transport::{ConnectionPool, Destination, EncodedRequest};
 use crate::version::{ClockExhausted, HybridClock, Version, DEFAULT_MAX_CLOCK_SKEW};
 use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
-use fanout::{same_to_all, Background, Health, HintPolicy};
+use fanout::{same_to_all, Background, HintPolicy};
+use health::Health;
 use repair::MAX_CONCURRENT_REPAIRS;
 
 pub use bootstrap::DEFAULT_CONNECT_TIMEOUT;
-pub use fanout::DOWN_BACKOFF;
+pub use health::DOWN_BACKOFF;
 
 /// How to reach a cluster.
 #[derive(Clone)]

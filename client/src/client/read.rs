@@ -15,7 +15,7 @@
 //! the data replica's record (unless the answers say there is nothing to fetch), but at
 //! most [`DATA_GRACE`]; then it fetches the record from a replica that announced the
 //! newest version, and the late replica is not asked for records for a while
-//! ([`super::fanout::Health::mark_slow`]). A hung data replica therefore costs a few
+//! ([`super::health::Health::mark_slow`]). A hung data replica therefore costs a few
 //! reads [`DATA_GRACE`], not the timeout.
 
 use std::sync::Arc;
