@@ -37,6 +37,9 @@ enum Command {
         id: String,
         #[command(flatten)]
         config: ConfigArg,
+        /// Stop when stdin closes (`up` runs its nodes so, to stop them with it).
+        #[arg(long, hide = true)]
+        stop_with_parent: bool,
     },
     /// Store VALUE under KEY.
     Put {
@@ -156,7 +159,7 @@ impl ReadArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(arg) => up(&load(&arg.config)?),
+        Command::Up(arg) => crate::local::up(&arg.config, &load(&arg.config)?),
         Command::Status { config, json } => {
             let ids = load(&config.config)?.node_ids();
             client_command(&config.config, |client| async move {
@@ -169,7 +172,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
             })
         }
-        Command::Node { id, config } => run_node(&load(&config.config)?, &id),
+        Command::Node {
+            id,
+            config,
+            stop_with_parent,
+        } => run_node(&load(&config.config)?, &id, stop_with_parent),
         Command::Put { key, value, quorum } => {
             let options = quorum.options();
             client_command(&quorum.config.config, |client| async move {
@@ -269,52 +276,30 @@ fn pki_client_name() -> &'static str {
     quorumkv_client::tls::layout::CLIENT
 }
 
-/// Runs one node until Ctrl-C / SIGTERM (or a fatal storage error).
-fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<ExitCode> {
+impl Cli {
+    /// What starts every log line of this process: the node id for `node`, `up` for
+    /// `up` (whose nodes are processes of their own), nothing for client commands.
+    pub fn log_tag(&self) -> Option<&str> {
+        match &self.command {
+            Command::Node { id, .. } => Some(id),
+            Command::Up(_) => Some("up"),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one node until Ctrl-C / SIGTERM (or a fatal storage error), or, with
+/// `stop_with_parent`, until stdin closes.
+fn run_node(config: &ClusterConfig, id: &str, stop_with_parent: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let stop = CancellationToken::new();
         tokio::spawn(cancel_on_signal(stop.clone()));
+        if stop_with_parent {
+            crate::local::stop_when_parent_exits(stop.clone())?;
+        }
         serve_until(config, id, stop).await
     })
-}
-
-/// Runs every node of the config, each on its own single-threaded runtime (measured
-/// faster than one shared multi-threaded runtime on small machines), until a signal.
-fn up(config: &ClusterConfig) -> anyhow::Result<ExitCode> {
-    let stop = CancellationToken::new();
-    let mut threads = Vec::new();
-    for id in config.node_ids() {
-        let (config, stop) = (config.clone(), stop.clone());
-        let thread = std::thread::Builder::new().name(format!("node-{id}")).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let result = runtime.block_on(serve_until(&config, &id, stop.clone()));
-            // One node failing takes the local cluster down rather than leaving it half up.
-            stop.cancel();
-            result
-        })?;
-        threads.push(thread);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        tokio::select! {
-            _ = cancel_on_signal(stop.clone()) => {}
-            _ = stop.cancelled() => {}
-        }
-    });
-    let mut code = ExitCode::SUCCESS;
-    for thread in threads {
-        match thread.join() {
-            Ok(Ok(c)) if c == ExitCode::SUCCESS => {}
-            Ok(Ok(c)) => code = c,
-            Ok(Err(e)) => {
-                eprintln!("error: {e:#}");
-                code = ExitCode::FAILURE;
-            }
-            Err(_) => code = ExitCode::FAILURE,
-        }
-    }
-    Ok(code)
 }
 
 async fn serve_until(config: &ClusterConfig, id: &str, stop: CancellationToken) -> anyhow::Result<ExitCode> {
@@ -330,7 +315,7 @@ async fn serve_until(config: &ClusterConfig, id: &str, stop: CancellationToken) 
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.
-async fn cancel_on_signal(stop: CancellationToken) {
+pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

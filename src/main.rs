@@ -1,21 +1,19 @@
-//! The `quorumkv` binary: see [`quorumkv::cli`].
+//! The `quorumkv` binary: see [`quorumkv::cli`]; its log output: [`quorumkv::logging`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use quorumkv::cli::{run, Cli};
+use quorumkv::logging;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let prefix = cli.log_tag().map(logging::prefix).unwrap_or_default();
+    logging::init(cli.log_tag());
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{prefix}error: {e:#}");
             ExitCode::FAILURE
         }
     }
