@@ -68,8 +68,14 @@ pub fn up(config_path: &Path, config: &ClusterConfig) -> anyhow::Result<ExitCode
             tracing::error!("node {} exited ({status}): stopping the other nodes", nodes[i].id);
             failed = true;
         }
+        // Signal every node first, so they drain at the same time.
+        for node in &nodes {
+            if let Some(pid) = node.child.id() {
+                terminate(pid)?;
+            }
+        }
         for node in &mut nodes {
-            failed |= !stop_node(node).await?.success();
+            failed |= !wait_for_exit(node).await?.success();
         }
         Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
     })
@@ -90,11 +96,8 @@ fn spawn(exe: &Path, config_path: &Path, id: &str) -> anyhow::Result<NodeProcess
     })
 }
 
-/// Sends SIGTERM to a running node and waits for it, killing it after [`STOP_TIMEOUT`].
-async fn stop_node(node: &mut NodeProcess) -> anyhow::Result<ExitStatus> {
-    if let Some(pid) = node.child.id() {
-        terminate(pid)?;
-    }
+/// Waits for a node that was sent SIGTERM, killing it after [`STOP_TIMEOUT`].
+async fn wait_for_exit(node: &mut NodeProcess) -> anyhow::Result<ExitStatus> {
     match tokio::time::timeout(STOP_TIMEOUT, node.child.wait()).await {
         Ok(status) => Ok(status.with_context(|| format!("waiting for node {}", node.id))?),
         Err(_) => {
