@@ -9,7 +9,7 @@
 //! handler can start without one: answered on the spot (a version from memory) or handed
 //! with their [`Reply`] to whoever finishes them (a read to the storage reader, a write
 //! to the storage writer, which answers it after its group commit). Every response goes
-//! through the stream's coalescing writer ([`reply`]). A malformed, oversized or stalled
+//! through the stream's coalescing writer (`reply`). A malformed, oversized or stalled
 //! frame gets an error frame with id 0 and ends that stream only: the connection and
 //! everyone else carry on.
 //!
