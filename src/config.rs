@@ -530,7 +530,7 @@ pub const MAX_MICROS_MS: u64 = u64::MAX / 1_000;
 /// Largest MiB setting the node converts to bytes in a `u64`.
 pub const MAX_MB: u64 = u64::MAX >> 20;
 
-fn valid_node_id(id: &str) -> bool {
+pub(crate) fn valid_node_id(id: &str) -> bool {
     let ok_chars = id
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
