@@ -7,7 +7,7 @@
 //! background ([`antientropy`], [`hints`], [`tombstones`]); every record it stores passes
 //! [`admission`]. [`node`] wires it together
 //! and shuts it down; [`context`] is the state its services share. The CLI lives in
-//! [`cli`], the load generator in [`bench`], fault injection for tests in [`faults`] and the
+//! [`cli`], certificates for real clusters in [`certs`], the load generator in [`bench`], fault injection for tests in [`faults`] and the
 //! history checker of the fault suite in [`history`].
 //! Everything clients and nodes share (messages, ring, versions, TLS) is in the
 //! `quorumkv-client` crate.
@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod antientropy;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod context;
