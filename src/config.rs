@@ -204,8 +204,10 @@ pub enum DurabilityMode {
 }
 
 /// Certificates from your own CA, as a directory laid out like the development one:
-/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`.
-/// Node certificates must name the node id and `quorumkv.node` as DNS names.
+/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`
+/// (`quorumkv certs` writes one). A node reads `ca.pem` and its own directory, the CLI
+/// `ca.pem` and `client/`. Node certificates must name the node id and `quorumkv.node` as
+/// DNS names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
