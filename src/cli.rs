@@ -66,6 +66,8 @@ enum Command {
     },
     /// Load generator: run workloads against the cluster and report latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Make a cluster CA and the certificates of its nodes and clients (for real machines).
+    Certs(crate::certs::CertsArgs),
     /// Every node's view: peers up or down, partitions in agreement, repairs, hints.
     Status {
         #[command(flatten)]
@@ -232,6 +234,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Bench(args) => crate::bench::run(args),
+        Command::Certs(args) => crate::certs::run(args),
     }
 }
 

@@ -205,8 +205,10 @@ pub enum DurabilityMode {
 }
 
 /// Certificates from your own CA, as a directory laid out like the development one:
-/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`.
-/// Node certificates must name the node id and `quorumkv.node` as DNS names.
+/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`
+/// (`quorumkv certs` writes one). A node reads `ca.pem` and its own directory, the CLI
+/// `ca.pem` and `client/`. Node certificates must name the node id and `quorumkv.node` as
+/// DNS names.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -531,7 +533,7 @@ pub const MAX_MICROS_MS: u64 = u64::MAX / 1_000;
 /// Largest MiB setting the node converts to bytes in a `u64`.
 pub const MAX_MB: u64 = u64::MAX >> 20;
 
-fn valid_node_id(id: &str) -> bool {
+pub(crate) fn valid_node_id(id: &str) -> bool {
     let ok_chars = id
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');

@@ -8,6 +8,7 @@
 //! [`admission`]. [`node`] wires it together
 //! and shuts it down; [`context`] is the state its services share. The CLI lives in
 //! [`cli`] (its log output in [`logging`], `quorumkv up`'s node processes in [`local`]),
+//! certificates for real clusters in [`certs`],
 //! the load generator in [`mod@bench`], fault injection for tests in [`faults`] and the
 //! history checker of the fault suite in [`history`].
 //! Everything clients and nodes share (messages, ring, versions, TLS) is in the
@@ -16,6 +17,7 @@
 pub mod admission;
 pub mod antientropy;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod context;

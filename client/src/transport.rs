@@ -357,7 +357,26 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
         if frame.len() > OWN_STREAM_THRESHOLD {
             return self.call_on_own_stream(frame).await;
         }
-        self.next_lane().call(id, frame).await
+        let answer = self.next_lane().call(id, frame).await;
+        answer.map_err(|e| self.why_closed().unwrap_or(e))
+    }
+
+    /// Why the connection ended, when the other side said so: a refused certificate (the
+    /// node checks a client's certificate after the client's handshake is done, so the
+    /// refusal arrives as the close of an established connection) or the node's close
+    /// reason. Requests that were waiting only see their stream end.
+    fn why_closed(&self) -> Option<TransportError> {
+        let addr = self.conn.remote_address();
+        let words = match self.conn.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(close) if !close.reason.is_empty() => {
+                format!(
+                    "node {addr} closed the connection: {}",
+                    String::from_utf8_lossy(&close.reason)
+                )
+            }
+            error => crate::refusal::Refusal::of(&error)?.dialled(addr),
+        };
+        Some(TransportError::Lost(words))
     }
 
     /// Sends an already encoded request without waiting: its answer goes to `sink`
@@ -659,6 +678,8 @@ pub async fn dial<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'st
     let connecting = endpoint
         .connect_with(tls.clone(), addr, &destination.server_name)
         .map_err(|e| lost(&e))?;
-    let conn = connecting.await.map_err(|e| lost(&e))?;
+    let conn = connecting
+        .await
+        .map_err(|e| TransportError::Lost(crate::refusal::dial_error(&e, addr)))?;
     Ok(Arc::new(MuxConnection::open(conn, max_frame, traffic).await?))
 }
