@@ -2,9 +2,9 @@
 //!
 //! This file owns the command line ([`BenchArgs`]) and the order of a run: spawn a
 //! cluster or use the running one, connect, run each workload phase, report, stop the
-//! spawned nodes. The workload mixes and key choice are in [`workload`], the loop that
+//! spawned nodes. The workload mixes and key choice are in `workload`, the loop that
 //! keeps requests in flight in [`run`], the measurements and their presentation in
-//! [`report`], and the node processes of `--spawn` in [`spawn`].
+//! `report`, and the node processes of `--spawn` in `spawn`.
 //!
 //! Reads want data: `--workload load,c` loads the key space and then reads it in one run.
 //! A `--spawn` cluster starts empty, so when a read workload (`a`, `b`, `c`) comes before

@@ -20,6 +20,7 @@
 //! hints), and before exiting the command waits for its remaining sends only for what is
 //! left of that timeout.
 
+mod exit;
 mod values;
 
 use std::path::{Path, PathBuf};
@@ -35,21 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::node::{Node, NodeParts};
 use crate::pki;
-use values::{write_value, ValueError, ValueSource};
-
-/// Exit code of `get` when the key does not exist.
-pub const EXIT_NOT_FOUND: u8 = 2;
-/// Exit code of a command line that is wrong (EX_USAGE of sysexits.h): nothing was sent.
-pub const EXIT_USAGE: u8 = 64;
-
-/// The exit codes, as `--help` lists them.
-pub const EXIT_CODES: &str = "\
-Exit codes:
-  0   success
-  1   failure (no quorum, no node answered, a file error, ...): the message says why
-  2   get: the key does not exist
-  64  usage error: bad arguments, options that cannot work, a key or value over the
-      cluster's limits; nothing was sent";
+pub use exit::{exit_code, parse_error, EXIT_CODES, EXIT_NOT_FOUND, EXIT_USAGE};
+use values::{write_value, ValueSource};
 
 /// quorumkv: a Dynamo-style leaderless key-value store.
 #[derive(Debug, Parser)]
@@ -70,6 +58,9 @@ enum Command {
         id: String,
         #[command(flatten)]
         config: ConfigArg,
+        /// Stop when stdin closes (`up` runs its nodes so, to stop them with it).
+        #[arg(long, hide = true)]
+        stop_with_parent: bool,
     },
     /// Store a value under KEY: VALUE, `-` (stdin) or --value-file.
     #[command(
@@ -109,6 +100,8 @@ enum Command {
     },
     /// Load generator: run workloads against the cluster and report latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Make a cluster CA and the certificates of its nodes and clients (for real machines).
+    Certs(crate::certs::CertsArgs),
     /// Every node's view: peers up or down, partitions in agreement, repairs, hints.
     Status {
         #[command(flatten)]
@@ -204,7 +197,7 @@ impl ReadArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(arg) => up(&load(&arg.config)?),
+        Command::Up(arg) => crate::local::up(&arg.config, &load(&arg.config)?),
         Command::Status { config, json } => {
             let config = load(&config.config)?;
             let ids = config.node_ids();
@@ -218,7 +211,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
             })
         }
-        Command::Node { id, config } => run_node(&load(&config.config)?, &id),
+        Command::Node {
+            id,
+            config,
+            stop_with_parent,
+        } => run_node(&load(&config.config)?, &id, stop_with_parent),
         Command::Put {
             key,
             value,
@@ -284,31 +281,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Bench(args) => crate::bench::run(args),
-    }
-}
-
-/// Prints a command line clap could not parse (or `--help`, `--version`) and returns
-/// the exit code: [`EXIT_USAGE`] for an error, success for help and version.
-pub fn parse_error(error: clap::Error) -> ExitCode {
-    let _ = error.print();
-    match error.use_stderr() {
-        true => ExitCode::from(EXIT_USAGE),
-        false => ExitCode::SUCCESS,
-    }
-}
-
-/// The exit code of a command that failed with `error`: [`EXIT_USAGE`] when the command
-/// line is what is wrong (nothing was sent), 1 otherwise.
-pub fn exit_code(error: &anyhow::Error) -> ExitCode {
-    let usage = error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<ClientError>(),
-            Some(ClientError::InvalidOptions(_) | ClientError::TooLarge { .. })
-        ) || matches!(cause.downcast_ref::<ValueError>(), Some(ValueError::TooLarge { .. }))
-    });
-    match usage {
-        true => ExitCode::from(EXIT_USAGE),
-        false => ExitCode::FAILURE,
+        Command::Certs(args) => crate::certs::run(args),
     }
 }
 
@@ -369,52 +342,30 @@ fn pki_client_name() -> &'static str {
     quorumkv_client::tls::layout::CLIENT
 }
 
-/// Runs one node until Ctrl-C / SIGTERM (or a fatal storage error).
-fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<ExitCode> {
+impl Cli {
+    /// What starts every log line of this process: the node id for `node`, `up` for
+    /// `up` (whose nodes are processes of their own), nothing for client commands.
+    pub fn log_tag(&self) -> Option<&str> {
+        match &self.command {
+            Command::Node { id, .. } => Some(id),
+            Command::Up(_) => Some("up"),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one node until Ctrl-C / SIGTERM (or a fatal storage error), or, with
+/// `stop_with_parent`, until stdin closes.
+fn run_node(config: &ClusterConfig, id: &str, stop_with_parent: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let stop = CancellationToken::new();
         tokio::spawn(cancel_on_signal(stop.clone()));
+        if stop_with_parent {
+            crate::local::stop_when_parent_exits(stop.clone())?;
+        }
         serve_until(config, id, stop).await
     })
-}
-
-/// Runs every node of the config, each on its own single-threaded runtime (measured
-/// faster than one shared multi-threaded runtime on small machines), until a signal.
-fn up(config: &ClusterConfig) -> anyhow::Result<ExitCode> {
-    let stop = CancellationToken::new();
-    let mut threads = Vec::new();
-    for id in config.node_ids() {
-        let (config, stop) = (config.clone(), stop.clone());
-        let thread = std::thread::Builder::new().name(format!("node-{id}")).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let result = runtime.block_on(serve_until(&config, &id, stop.clone()));
-            // One node failing takes the local cluster down rather than leaving it half up.
-            stop.cancel();
-            result
-        })?;
-        threads.push(thread);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        tokio::select! {
-            _ = cancel_on_signal(stop.clone()) => {}
-            _ = stop.cancelled() => {}
-        }
-    });
-    let mut code = ExitCode::SUCCESS;
-    for thread in threads {
-        match thread.join() {
-            Ok(Ok(c)) if c == ExitCode::SUCCESS => {}
-            Ok(Ok(c)) => code = c,
-            Ok(Err(e)) => {
-                eprintln!("error: {e:#}");
-                code = ExitCode::FAILURE;
-            }
-            Err(_) => code = ExitCode::FAILURE,
-        }
-    }
-    Ok(code)
 }
 
 async fn serve_until(config: &ClusterConfig, id: &str, stop: CancellationToken) -> anyhow::Result<ExitCode> {
@@ -430,7 +381,7 @@ async fn serve_until(config: &ClusterConfig, id: &str, stop: CancellationToken) 
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.
-async fn cancel_on_signal(stop: CancellationToken) {
+pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

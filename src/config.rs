@@ -12,10 +12,11 @@ use std::time::Duration;
 use quorumkv_client::tls::layout;
 use quorumkv_client::version::DEFAULT_MAX_CLOCK_SKEW;
 use quorumkv_client::wire::{ClusterInfo, Member, QuorumDefaults};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The whole cluster.toml.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole cluster.toml. (`Serialize` lets a test check that the shipped cluster.toml
+/// lists every setting at its default; members are not serialized.)
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Where nodes keep their data: one sub-directory per node id, plus `tls/` for the
@@ -47,7 +48,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub tls: Option<TlsFiles>,
     /// The members, in join order: append new nodes at the end, never reorder.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub nodes: Vec<NodeConfig>,
     /// Directory of the file this was loaded from; relative paths are resolved against it.
     #[serde(skip)]
@@ -55,7 +56,7 @@ pub struct ClusterConfig {
 }
 
 /// Default n/w/r and timeout of requests that do not choose their own.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Defaults {
     /// Replicas contacted.
@@ -80,7 +81,7 @@ impl Default for Defaults {
 }
 
 /// Size and clock limits.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest key, in bytes: 1 to [`MAX_KEY_LIMIT`].
@@ -110,7 +111,7 @@ impl Default for Limits {
 }
 
 /// When an acknowledged write is on disk.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Durability {
     /// `sync`: fsync before acknowledging (group commit); `periodic`: fsync every interval.
@@ -129,7 +130,7 @@ impl Default for Durability {
 }
 
 /// The storage engine's memory.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// fjall's block cache per node, in MiB. fjall's own default (32 MiB) is smaller than
@@ -152,7 +153,7 @@ impl Default for StorageSettings {
 }
 
 /// How replicas come back into agreement after faults.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Convergence {
     /// Pause between anti-entropy rounds (each round compares every shared partition with
@@ -194,7 +195,7 @@ impl Default for Convergence {
 }
 
 /// See [`Durability::mode`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DurabilityMode {
     /// Acknowledge only after fsync; concurrent writes share one fsync.
@@ -204,9 +205,11 @@ pub enum DurabilityMode {
 }
 
 /// Certificates from your own CA, as a directory laid out like the development one:
-/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`.
-/// Node certificates must name the node id and `quorumkv.node` as DNS names.
-#[derive(Debug, Clone, Deserialize)]
+/// `ca.pem`, `<node id>/cert.pem`, `<node id>/key.pem`, `client/cert.pem`, `client/key.pem`
+/// (`quorumkv certs` writes one). A node reads `ca.pem` and its own directory, the CLI
+/// `ca.pem` and `client/`. Node certificates must name the node id and `quorumkv.node` as
+/// DNS names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The directory. Relative to the config file.
@@ -532,7 +535,7 @@ pub const MAX_MICROS_MS: u64 = u64::MAX / 1_000;
 /// Largest MiB setting the node converts to bytes in a `u64`.
 pub const MAX_MB: u64 = u64::MAX >> 20;
 
-fn valid_node_id(id: &str) -> bool {
+pub(crate) fn valid_node_id(id: &str) -> bool {
     let ok_chars = id
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');

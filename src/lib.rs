@@ -7,7 +7,9 @@
 //! background ([`antientropy`], [`hints`], [`tombstones`]); every record it stores passes
 //! [`admission`]. [`node`] wires it together
 //! and shuts it down; [`context`] is the state its services share. The CLI lives in
-//! [`cli`], the load generator in [`bench`], fault injection for tests in [`faults`] and the
+//! [`cli`] (its log output in [`logging`], `quorumkv up`'s node processes in [`local`]),
+//! certificates for real clusters in [`certs`],
+//! the load generator in [`mod@bench`], fault injection for tests in [`faults`] and the
 //! history checker of the fault suite in [`history`].
 //! Everything clients and nodes share (messages, ring, versions, TLS) is in the
 //! `quorumkv-client` crate.
@@ -15,6 +17,7 @@
 pub mod admission;
 pub mod antientropy;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -22,6 +25,8 @@ pub mod endpoint_config;
 pub mod faults;
 pub mod hints;
 pub mod history;
+pub mod local;
+pub mod logging;
 pub mod merkle;
 pub mod node;
 pub mod peer;

@@ -1,25 +1,22 @@
-//! The `quorumkv` binary: see [`quorumkv::cli`].
+//! The `quorumkv` binary: see [`quorumkv::cli`]; its log output: [`quorumkv::logging`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use quorumkv::cli::{exit_code, parse_error, run, Cli};
+use quorumkv::logging;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return parse_error(e),
     };
+    let prefix = cli.log_tag().map(logging::prefix).unwrap_or_default();
+    logging::init(cli.log_tag());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{prefix}error: {e:#}");
             exit_code(&e)
         }
     }

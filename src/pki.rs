@@ -22,9 +22,17 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::ServerName;
+use time::OffsetDateTime;
 
 /// Common name of the development CA.
-const CA_NAME: &str = "quorumkv development CA";
+pub(crate) const CA_NAME: &str = "quorumkv development CA";
+
+/// File mode of private keys: read and write for the owner only.
+#[cfg(unix)]
+const PRIVATE_MODE: u32 = 0o600;
+/// File mode of certificates: anyone may read them.
+#[cfg(unix)]
+const PUBLIC_MODE: u32 = 0o644;
 
 /// Why the development certificates could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +140,15 @@ fn ensure_ca(dir: &Path) -> Result<(), PkiError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let key = KeyPair::generate()?;
-    let cert = ca_params()?.self_signed(&key)?;
+    let cert = ca_params(CA_NAME)?.self_signed(&key)?;
     let files = [(layout::CA_CERT, cert.pem()), (layout::CA_KEY, key.serialize_pem())];
     if write_dir_atomically(dir, &files)? {
-        tracing::warn!("generated a development CA in {} (for local use only)", dir.display());
+        tracing::warn!(
+            "generated a development CA in {} (for local use only): nodes and clients whose certificates are \
+             not in this directory have another CA and will refuse this one; for machines of their own, \
+             run `quorumkv certs` and set [tls] dir",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -150,18 +163,21 @@ fn ensure_identity(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     // Re-creating the CA certificate from the same name and key yields an issuer that
     // verifies against the stored ca.pem.
-    let ca = ca_params()?.self_signed(&ca_key)?;
-    let (cert, key) = leaf(name, role, &ca, &ca_key)?;
+    let ca = ca_params(CA_NAME)?.self_signed(&ca_key)?;
+    let (cert, key) = leaf(&LeafSpec::new(name, role), &ca, &ca_key)?;
     if write_dir_atomically(&target, &[(layout::CERT, cert), (layout::KEY, key)])? {
         tracing::info!("generated development certificate for {name} in {}", target.display());
     }
     Ok(())
 }
 
-fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+/// The parameters of a CA named `common_name`. Signing with a CA needs only its name and
+/// key: a certificate re-created from both is an issuer that verifies against the stored
+/// `ca.pem`.
+pub(crate) fn ca_params(common_name: &str) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -170,27 +186,63 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-/// A certificate for `name`. A node's is usable as server and client (nodes dial each
-/// other too) and carries the node role marker; a client's only authenticates a client.
-fn leaf(name: &str, role: Role, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, String), rcgen::Error> {
-    let (names, usages) = match role {
+/// What a leaf certificate says: whose it is, its role, and for how long.
+pub struct LeafSpec<'a> {
+    /// The identity's name (node id or client name): common name and first DNS name.
+    pub name: &'a str,
+    /// Node or client.
+    pub role: Role,
+    /// Further subject names (an IP address string becomes an IP name).
+    pub extra_names: Vec<String>,
+    /// Valid from, valid until; `None` keeps rcgen's default (1975 to 4096), which the
+    /// development CA uses: its certificates never expire.
+    pub validity: Option<(OffsetDateTime, OffsetDateTime)>,
+}
+
+impl<'a> LeafSpec<'a> {
+    /// A development certificate: nodes also carry `localhost`.
+    fn new(name: &'a str, role: Role) -> Self {
+        let extra_names = match role {
+            Role::Node => vec!["localhost".to_string()],
+            Role::Client => Vec::new(),
+        };
+        LeafSpec {
+            name,
+            role,
+            extra_names,
+            validity: None,
+        }
+    }
+}
+
+/// A certificate and key (PEM) for `spec`. A node's is usable as server and client (nodes
+/// dial each other too) and carries the node role marker; a client's only authenticates
+/// a client.
+pub(crate) fn leaf(spec: &LeafSpec<'_>, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, String), rcgen::Error> {
+    let (mut names, usages) = match spec.role {
         Role::Node => (
-            vec![name.to_string(), SEED_SERVER_NAME.to_string(), "localhost".to_string()],
+            vec![spec.name.to_string(), SEED_SERVER_NAME.to_string()],
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         ),
-        Role::Client => (vec![name.to_string()], vec![ExtendedKeyUsagePurpose::ClientAuth]),
+        Role::Client => (vec![spec.name.to_string()], vec![ExtendedKeyUsagePurpose::ClientAuth]),
     };
+    names.extend(spec.extra_names.iter().cloned());
     let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(DnType::CommonName, spec.name);
     params.extended_key_usages = usages;
+    if let Some((not_before, not_after)) = spec.validity {
+        params.not_before = not_before;
+        params.not_after = not_after;
+    }
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, ca, ca_key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes `files` into a temporary sibling of `target` and renames it into place.
+/// Writes `files` into a temporary sibling of `target` and renames it into place; private
+/// keys ([`is_private_key`]) are readable by their owner only.
 /// Returns false if another process created `target` first (its files are kept).
-fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool, PkiError> {
+pub(crate) fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool, PkiError> {
     let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tls");
     // Unique per process and per call: the nodes of `quorumkv up` race from one process.
     static ATTEMPT: AtomicU64 = AtomicU64::new(0);
@@ -199,8 +251,7 @@ fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool,
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir_all(&temp).map_err(io(&temp))?;
     for (name, contents) in files {
-        let path = temp.join(name);
-        std::fs::write(&path, contents).map_err(io(&path))?;
+        write_new_file(&temp.join(name), contents)?;
     }
     match std::fs::rename(&temp, target) {
         Ok(()) => Ok(true),
@@ -215,7 +266,28 @@ fn write_dir_atomically(target: &Path, files: &[(&str, String)]) -> Result<bool,
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+/// Whether the file `name` of a TLS directory holds a private key.
+fn is_private_key(name: &str) -> bool {
+    name == layout::KEY || name == layout::CA_KEY
+}
+
+/// Creates `path` with `contents`, never replacing an existing file; a private key gets
+/// mode 0600 from its creation on (Unix).
+pub(crate) fn write_new_file(path: &Path, contents: &str) -> Result<(), PkiError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let private = path.file_name().and_then(|n| n.to_str()).is_some_and(is_private_key);
+        options.mode(if private { PRIVATE_MODE } else { PUBLIC_MODE });
+    }
+    let mut file = options.open(path).map_err(io(path))?;
+    file.write_all(contents.as_bytes()).map_err(io(path))
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |error| PkiError::Io {
         path: path.to_path_buf(),
         error,

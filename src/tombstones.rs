@@ -20,7 +20,7 @@
 //! about one anti-entropy interval plus one purge pass after the grace.
 //!
 //! Every pass interval (a quarter of the grace, 0.2-60 s) a walk looks at every stored
-//! tombstone, [`PER_PASS`] at a time, each batch continuing after the last key of the one
+//! tombstone, `PER_PASS` at a time, each batch continuing after the last key of the one
 //! before, so steady deletes at the front of the hash order cannot starve the rest, and
 //! however many tombstones pile up each is looked at once per walk.
 
@@ -44,7 +44,7 @@ const MIN_PASS: Duration = Duration::from_millis(200);
 const MAX_PASS: Duration = Duration::from_secs(60);
 
 /// Purges eligible tombstones until `shutdown`: every `pass` interval, one walk over all
-/// of them, [`PER_PASS`] at a time.
+/// of them, `PER_PASS` at a time.
 pub async fn purge_loop(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let pass = (ctx.tombstone_grace() / 4).clamp(MIN_PASS, MAX_PASS);
     loop {

@@ -1,8 +1,10 @@
 //! What the node logs about misbehaving clients: one line per event, saying who and why.
-//! (A test binary of its own: it captures the process's log output.)
+//! (A test binary of its own: it captures the process's log output.) And what the binary
+//! writes under `quorumkv up`: every line names its node, with no colour codes in a file.
 
 mod common;
 
+use common::processes::Up;
 use common::{capture_logs, logged, Shape, TestCluster};
 use quorumkv_client::wire::ALPN;
 
@@ -27,4 +29,42 @@ async fn a_bad_frame_is_logged_once_with_the_reason_and_the_client_address() {
     assert!(line.contains("127.0.0.1:"), "names the client's address: {line}");
     assert!(line.contains("malformed frame"), "says why: {line}");
     cluster.shutdown().await;
+}
+
+/// fjall logs through the `log` crate, partly from worker threads it spawns itself; with
+/// its trace lines on, those are in the log too and must carry the node id like the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_under_up_names_its_node_and_a_piped_log_has_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &[("RUST_LOG", "info,fjall=trace,lsm_tree=trace")]);
+    let client = up.client().await;
+    for i in 0..100 {
+        client.put(format!("k{i}"), "v").await.unwrap();
+    }
+    client.get("k1").await.unwrap().unwrap();
+    up.signal("TERM");
+    let status = up.exited().await;
+    let log = up.log_text();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a log that is not a terminal:\n{log}"
+    );
+    let tags = ["n1", "n2", "n3", "up"].map(quorumkv::logging::prefix);
+    for line in log.lines() {
+        assert!(
+            tags.iter().any(|t| line.starts_with(t)),
+            "a line without its node: {line:?}"
+        );
+    }
+    for id in ["n1", "n2", "n3"] {
+        let tag = quorumkv::logging::prefix(id);
+        let of_node = |what: &str| log.lines().any(|l| l.starts_with(&tag) && l.contains(what));
+        assert!(
+            of_node("fjall::") && of_node("lsm_tree::"),
+            "fjall's lines of {id}:\n{log}"
+        );
+        assert!(of_node(&format!("node {id} serving")), "{id}'s own lines:\n{log}");
+    }
 }

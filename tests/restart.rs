@@ -1,16 +1,17 @@
 //! Durability through the real binary: nodes killed with SIGKILL while writes are in
 //! flight keep every write they acknowledged (sync mode), and serve it after restart.
 //! The page cache survives a SIGKILL, so this cannot show a missing fsync; the power-loss
-//! test (tests/power_loss.rs) can.
+//! test (tests/power_loss.rs) can. And `quorumkv up`: it stops its nodes cleanly on
+//! SIGTERM, and they stop with it when it is killed.
 
 mod common;
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::processes::{connect, Processes};
+use common::processes::{connect, Processes, Up};
 use common::{config_text, free_addrs, wait_until, Shape};
+use quorumkv_client::net::bind_udp;
 use quorumkv_client::{ClientConfig, Version, WriteOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,37 +83,13 @@ async fn sigkill_loses_no_acknowledged_write() {
 async fn sigterm_stops_a_local_cluster_cleanly() {
     common::init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("cluster.toml");
-    std::fs::write(&config_path, config_text(&Shape::three(), &free_addrs(3))).unwrap();
-    let config = quorumkv::config::ClusterConfig::load(&config_path).unwrap();
-    let log_path = dir.path().join("up.log");
-    // A fresh data directory: the three nodes of `up` (and this test) race to create the CA.
-    let mut up = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-        .args(["up", "--config", config_path.to_str().unwrap()])
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let identity = quorumkv::pki::identity(&config.tls_dir().0, "client", true).unwrap();
-    let client_config = ClientConfig::new(config.nodes.iter().map(|n| n.addr).collect(), identity);
-    let client = connect(&client_config).await;
+    let mut up = Up::start(dir.path(), &[]);
+    let client = up.client().await;
     client.put("survives", "shutdown").await.unwrap();
 
-    let term = Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = wait_until("quorumkv up exits after SIGTERM", Duration::from_secs(30), || {
-        let exited = up.try_wait();
-        async move {
-            match exited {
-                Ok(Some(status)) => Ok(status),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    up.signal("TERM");
+    let status = up.exited().await;
+    let log = up.log_text();
     assert!(status.success(), "exit status {status}; log:\n{log}");
     for id in ["n1", "n2", "n3"] {
         assert!(
@@ -121,7 +98,36 @@ async fn sigterm_stops_a_local_cluster_cleanly() {
         );
     }
 
-    let _nodes = Processes::start(&config_path, &config.node_ids());
-    let client = connect(&client_config).await;
+    let config_path = dir.path().join("cluster.toml");
+    let _nodes = Processes::start(&config_path, &up.config.node_ids());
+    let client = up.client().await;
     assert_eq!(client.get("survives").await.unwrap().unwrap().value, "shutdown");
+}
+
+/// `up` runs its nodes as processes of their own: they must not outlive it, however it
+/// ends, or they would hold the cluster's ports (and data) after the user thinks it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_of_up_stop_when_it_is_killed() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &[]);
+    up.client().await.put("k", "v").await.unwrap();
+
+    up.signal("KILL");
+    up.exited().await;
+    for node in &up.config.nodes {
+        // A node's port is free again once its process has exited.
+        let what = format!("node {} releases {}", node.id, node.addr);
+        wait_until(&what, Duration::from_secs(30), || async {
+            bind_udp(node.addr).map(drop).map_err(|e| e.to_string())
+        })
+        .await;
+    }
+    let log = up.log_text();
+    for id in up.config.node_ids() {
+        assert!(
+            log.contains(&format!("node {id} stopped")),
+            "{id} shut down; log:\n{log}"
+        );
+    }
 }

@@ -26,6 +26,7 @@ pub mod error;
 pub mod net;
 pub mod options;
 pub mod quorum;
+pub mod refusal;
 pub mod ring;
 pub mod tls;
 pub mod transport;

@@ -2,15 +2,18 @@
 //!
 //! TLS is always on and always mutual: a cluster CA signs every node certificate (with
 //! the node id as its DNS name, which is the server name clients dial) and every client
-//! certificate. Nodes require a client certificate from the CA; clients verify the node
-//! against the CA. The ALPN carries the protocol version.
+//! certificate. Nodes require a client certificate from the CA; clients (and nodes
+//! dialling each other) verify the node against the CA and require a node certificate.
+//! The ALPN carries the protocol version.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::wire::{ALPN, ALPN_V1, PEER_ALPN};
 
@@ -103,18 +106,22 @@ impl TlsIdentity {
         Ok(roots)
     }
 
-    /// QUIC client configuration for the client protocol: verify the node against the CA,
-    /// present our certificate.
+    /// QUIC client configuration for the client protocol: verify the node against the CA
+    /// (a node certificate: [`NodeCertVerifier`]), present our certificate.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
         self.client_config_for(ALPN)
     }
 
     /// QUIC client configuration speaking the protocol named by `alpn`.
     pub fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+            .build()
+            .map_err(config_error)?;
         let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
-            .with_root_certificates(self.roots()?)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NodeCertVerifier { webpki }))
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(config_error)?;
         crypto.alpn_protocols = vec![alpn.to_vec()];
@@ -141,6 +148,59 @@ impl TlsIdentity {
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(transport_config());
         Ok(config)
+    }
+}
+
+/// Checks the certificate of a node being dialled: signed by the CA and valid for the
+/// name dialled (webpki's checks, unchanged), and a node certificate, i.e. also valid for
+/// [`SEED_SERVER_NAME`], the node role marker. Without the second check a certificate of
+/// the cluster CA that is not a node's but names a member (a client certificate with
+/// server use, from a CA other than `quorumkv certs`) could pass for that member.
+#[derive(Debug)]
+struct NodeCertVerifier {
+    /// rustls's verifier against the cluster CA.
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for NodeCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let marker = ServerName::try_from(SEED_SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if *server_name != marker {
+            self.webpki
+                .verify_server_cert(end_entity, intermediates, &marker, ocsp_response, now)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 

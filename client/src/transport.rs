@@ -79,28 +79,15 @@ pub enum TransportError {
     /// The answer could not be decoded or the request not encoded.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The TLS handshake failed: the peer refused this side's certificate, or this side
-    /// the peer's. Not worth retrying until the certificates change.
-    #[error("{addr}: TLS handshake refused: {reason}")]
+    /// The TLS handshake failed over a certificate: the peer refused this side's, or this
+    /// side the peer's. Not worth retrying until the certificates change.
+    #[error("TLS handshake refused: {reason}")]
     Tls {
         /// The peer's address.
         addr: std::net::SocketAddr,
-        /// What the refusing side said.
+        /// Who refused which certificate and why ([`crate::refusal::Refusal::dialled`]).
         reason: String,
     },
-}
-
-/// QUIC's error codes for TLS alerts (RFC 9000, section 20.1: 0x0100 + the alert).
-const TLS_ALERT_CODES: std::ops::RangeInclusive<u64> = 0x100..=0x1ff;
-
-/// Whether a connection ended because the TLS handshake failed, on either side.
-fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
-    let code = match e {
-        quinn::ConnectionError::TransportError(e) => e.code,
-        quinn::ConnectionError::ConnectionClosed(close) => close.error_code,
-        _ => return false,
-    };
-    TLS_ALERT_CODES.contains(&u64::from(code))
 }
 
 impl From<FrameError> for TransportError {
@@ -379,7 +366,26 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
         if frame.len() > OWN_STREAM_THRESHOLD {
             return self.call_on_own_stream(frame).await;
         }
-        self.next_lane().call(id, frame).await
+        let answer = self.next_lane().call(id, frame).await;
+        answer.map_err(|e| self.why_closed().unwrap_or(e))
+    }
+
+    /// Why the connection ended, when the other side said so: a refused certificate (the
+    /// node checks a client's certificate after the client's handshake is done, so the
+    /// refusal arrives as the close of an established connection) or the node's close
+    /// reason. Requests that were waiting only see their stream end.
+    fn why_closed(&self) -> Option<TransportError> {
+        let addr = self.conn.remote_address();
+        let words = match self.conn.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(close) if !close.reason.is_empty() => {
+                format!(
+                    "node {addr} closed the connection: {}",
+                    String::from_utf8_lossy(&close.reason)
+                )
+            }
+            error => crate::refusal::Refusal::of(&error)?.dialled(addr),
+        };
+        Some(TransportError::Lost(words))
     }
 
     /// Sends an already encoded request without waiting: its answer goes to `sink`
@@ -681,12 +687,12 @@ pub async fn dial<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'st
     let connecting = endpoint
         .connect_with(tls.clone(), addr, &destination.server_name)
         .map_err(|e| lost(&e))?;
-    let conn = connecting.await.map_err(|e| match is_tls_refusal(&e) {
-        true => TransportError::Tls {
+    let conn = connecting.await.map_err(|e| match crate::refusal::Refusal::of(&e) {
+        Some(refusal) => TransportError::Tls {
             addr,
-            reason: e.to_string(),
+            reason: refusal.dialled(addr),
         },
-        false => lost(&e),
+        None => lost(&e),
     })?;
     Ok(Arc::new(MuxConnection::open(conn, max_frame, traffic).await?))
 }

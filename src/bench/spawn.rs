@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::config::{ClusterConfig, Durability};
+use crate::local::{terminate, STOP_TIMEOUT};
 
 /// Longest wait for every node to answer after the processes started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,8 +30,6 @@ const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between readiness probes.
 const READY_POLL: Duration = Duration::from_millis(50);
-/// Longest wait for a node to exit after SIGTERM: its drain (10 s) plus close and fsync.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of a node's log quoted when it failed.
 const LOG_TAIL_LINES: usize = 15;
 /// Key the readiness probe reads (its absence is the expected answer).
@@ -210,18 +209,6 @@ fn spawn_node(exe: &Path, config_path: &Path, dir: &Path, id: &str) -> anyhow::R
         child,
         log,
     })
-}
-
-/// Sends SIGTERM to `pid` (the node then drains, fsyncs and exits).
-fn terminate(pid: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .context("running kill -TERM")?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed ({status})");
-    }
-    Ok(())
 }
 
 /// The last lines of a node's log.

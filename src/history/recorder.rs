@@ -137,7 +137,7 @@ fn write_quorum(client: &Client, options: &WriteOptions) -> Quorum {
 
 /// How a write that returned `error` ended: certainly not stored when nothing was sent,
 /// or when every contacted replica answered and refused it before storing anything (see
-/// [`stored_nothing`]); otherwise it may be stored somewhere.
+/// `stored_nothing`); otherwise it may be stored somewhere.
 pub fn classify_write_error(error: &ClientError) -> Outcome {
     let why = error.to_string();
     match error {

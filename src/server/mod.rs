@@ -3,13 +3,14 @@
 //!
 //! A connection speaks the client protocol or the peer protocol, chosen by its ALPN. A
 //! peer connection must present a member's node certificate ([`crate::peer::auth`]), else
-//! it is closed with the reason and logged at WARN, as is every failed TLS handshake.
+//! it is closed with the reason and logged at WARN, as is every failed TLS handshake (a
+//! refused certificate in words: another CA, expired, wrong role).
 //! Every stream is read frame by frame ([`frames`]); each request runs as its own
 //! tracked task (so a slow write does not hold up a read behind it), except those the
 //! handler can start without one: answered on the spot (a version from memory) or handed
 //! with their [`Reply`] to whoever finishes them (a read to the storage reader, a write
 //! to the storage writer, which answers it after its group commit). Every response goes
-//! through the stream's coalescing writer ([`reply`]). A malformed, oversized or stalled
+//! through the stream's coalescing writer (`reply`). A malformed, oversized or stalled
 //! frame gets an error frame with id 0 and ends that stream only: the connection and
 //! everyone else carry on.
 //!
@@ -209,7 +210,10 @@ async fn serve_connection(incoming: Incoming, ctx: ServerContext) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::warn!("TLS handshake with {remote} failed: {e}");
+            match quorumkv_client::refusal::Refusal::of(&e) {
+                Some(refusal) => tracing::warn!("TLS handshake with {remote} failed: {}", refusal.accepted(remote)),
+                None => tracing::warn!("TLS handshake with {remote} failed: {e}"),
+            }
             return;
         }
     };

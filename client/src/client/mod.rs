@@ -2,12 +2,12 @@
 //!
 //! The client learns the members from a seed node, builds the same [`Ring`] the nodes
 //! use, and sends every request straight to the first `n` replicas of the key's
-//! preference list, in parallel ([`fanout`]). Writes return once `w` replicas
+//! preference list, in parallel (`fanout`). Writes return once `w` replicas
 //! acknowledged durably; the remaining sends finish in the background (bounded by the
 //! request timeout), and a replica that cannot be reached gets its write through a
 //! fallback node as a hint. Reads return the newest of the first `r` answers, taking the
-//! record from one replica and only the versions from the others ([`read`]), and repair
-//! stale replicas ([`repair`]).
+//! record from one replica and only the versions from the others (`read`), and repair
+//! stale replicas (`repair`).
 
 mod bootstrap;
 mod fanout;

@@ -102,7 +102,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// `members`: node ids in join order (the order of [[nodes]] in cluster.toml).
+    /// `members`: node ids in join order (the order of `[[nodes]]` in cluster.toml).
     /// `partitions`: power of two >= 1 (max 65536).
     pub fn new(members: &[String], partitions: u32, replication_factor: usize) -> Result<Ring, RingError> {
         validate(members, partitions, replication_factor)?;

@@ -10,7 +10,7 @@
 //! file); fjall fsyncs directories after creating or renaming files in them, so it must
 //! survive it.
 //!
-//! This module keeps the tree and its live operations; [`sync`] makes things durable.
+//! This module keeps the tree and its live operations; `sync` makes things durable.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
