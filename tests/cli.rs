@@ -1,6 +1,6 @@
 //! The `quorumkv` binary as a user runs it: client commands against a cluster (one node
-//! down, none running, another cluster's CA), binary values through stdin and files, exit
-//! codes, a broken cluster.toml, and `--help`.
+//! down, none running; another cluster's CA: tests/certs.rs), binary values through stdin
+//! and files, exit codes, a broken cluster.toml, and `--help`.
 
 mod common;
 
@@ -253,29 +253,6 @@ fn no_cluster_running_fails_within_the_timeout_naming_every_seed() {
             "{err}"
         );
     }
-}
-
-/// A client whose certificate comes from another CA (a cluster.toml copied elsewhere
-/// generates its own development CA) hears a refusal, not a timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_clusters_ca_is_reported_as_a_refused_handshake() {
-    let cluster = TestCluster::start(Shape::three()).await;
-    let elsewhere = tempfile::tempdir().unwrap();
-    let copy = elsewhere.path().join("cluster.toml");
-    std::fs::copy(&cluster.config_path, &copy).unwrap();
-    let (out, _) = cli_timed(&copy, &["get", "k"]).await;
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(
-        err.matches("TLS handshake refused").count(),
-        3,
-        "every seed refused: {err}"
-    );
-    assert!(
-        !err.contains("timed out") && !err.contains("is the cluster running"),
-        "{err}"
-    );
-    cluster.shutdown().await;
 }
 
 /// Binary values of any size up to the limit go in through a file or stdin and come out
