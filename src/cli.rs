@@ -63,13 +63,16 @@ enum Command {
     },
     /// Load generator: run workloads against the cluster and report latency percentiles.
     Bench(crate::bench::BenchArgs),
-    /// Every node's view: peers up or down, partitions in agreement, repairs, hints.
+    /// Every node in one screen: up or down, keys, disk, hints, agreement, warnings.
     Status {
         #[command(flatten)]
         config: ConfigArg,
         /// Print one JSON object per node instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Also list every partition's agreement with each other replica.
+        #[arg(long)]
+        partitions: bool,
     },
 }
 
@@ -157,10 +160,14 @@ impl ReadArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(arg) => up(&load(&arg.config)?),
-        Command::Status { config, json } => {
-            let ids = load(&config.config)?.node_ids();
+        Command::Status {
+            config,
+            json,
+            partitions,
+        } => {
+            let members = load(&config.config)?.nodes;
             client_command(&config.config, |client| async move {
-                let report = crate::status::collect(&client, &ids).await;
+                let report = crate::status::collect(&client, &members, partitions).await;
                 crate::status::print(&report, json)?;
                 Ok(if report.iter().all(|r| r.status.is_ok()) {
                     ExitCode::SUCCESS

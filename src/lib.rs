@@ -23,6 +23,7 @@ pub mod faults;
 pub mod hints;
 pub mod history;
 pub mod merkle;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod pki;

@@ -27,6 +27,7 @@ pub mod net;
 pub mod options;
 pub mod quorum;
 pub mod ring;
+pub mod summary;
 pub mod tls;
 pub mod transport;
 pub mod version;

@@ -35,7 +35,6 @@ pub struct Agreement {
     /// that the peer holds, for every tombstone of this node in the leaf, that tombstone,
     /// something newer or nothing (µs, node clock; 0: never). Grown on demand.
     leaves: Mutex<HashMap<(u32, usize), Vec<u64>>>,
-    rounds: AtomicU64,
     records_pulled: AtomicU64,
     /// Hints refused because the owner's hint store was full.
     pub hints_refused: AtomicU64,
@@ -100,20 +99,22 @@ impl Agreement {
         self.lock().get(&(partition, peer)).copied().unwrap_or_default()
     }
 
-    /// Counts one sync with one peer started by this node.
-    pub fn round(&self) {
-        self.rounds.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Counts records this node's syncs pulled and applied.
     pub fn pulled(&self, records: u64) {
         self.records_pulled.fetch_add(records, Ordering::Relaxed);
     }
 
-    /// Totals, with the byte counts of the anti-entropy connections.
-    pub fn counters(&self, bytes_sent: u64, bytes_received: u64) -> AntiEntropyCounters {
+    /// Records this node's syncs pulled and applied, since start.
+    pub fn records_pulled(&self) -> u64 {
+        self.records_pulled.load(Ordering::Relaxed)
+    }
+
+    /// Totals, with the syncs started (counted per peer by
+    /// [`crate::metrics::ServiceCounters`]) and the byte counts of the anti-entropy
+    /// connections.
+    pub fn counters(&self, rounds: u64, bytes_sent: u64, bytes_received: u64) -> AntiEntropyCounters {
         AntiEntropyCounters {
-            rounds: self.rounds.load(Ordering::Relaxed),
+            rounds,
             records_pulled: self.records_pulled.load(Ordering::Relaxed),
             bytes_sent,
             bytes_received,
