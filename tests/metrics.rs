@@ -68,7 +68,7 @@ async fn total(cluster: &TestCluster, nodes: &[usize], series: &[String]) -> f64
 async fn metrics_move_with_requests_storage_and_peers() {
     let shape = Shape {
         metrics: true,
-        ..Shape::three().with("[convergence]\nping_interval_ms = 100")
+        ..Shape::three().with("[convergence]\nping_interval_ms = 100\nanti_entropy_interval_ms = 200")
     };
     let mut cluster = TestCluster::start(shape).await;
     let n1 = metrics_addr(&cluster, 0);
@@ -143,6 +143,20 @@ async fn metrics_move_with_requests_storage_and_peers() {
         })
         .await;
     }
+    wait_until("n1 agreed with n2 through anti-entropy", DEADLINE, || async {
+        let samples = scrape(n1).await;
+        let rounds = value(
+            &samples,
+            "quorumkv_anti_entropy_rounds_total{peer=\"n2\",outcome=\"ok\"}",
+        );
+        let agreed = value(&samples, "quorumkv_anti_entropy_last_agreement_seconds{peer=\"n2\"}");
+        match rounds >= 1.0 && agreed > 1.7e9 {
+            true => Ok(()),
+            false => Err(format!("rounds {rounds}, last agreement {agreed}")),
+        }
+    })
+    .await;
+
     cluster.stop(2).await;
     wait_until("n1 sees n3 down", DEADLINE, || async {
         let samples = scrape(n1).await;
@@ -156,6 +170,21 @@ async fn metrics_move_with_requests_storage_and_peers() {
         }
     })
     .await;
+
+    // A write n3 misses reaches it through anti-entropy once it is back.
+    client.put("late", "v").await.unwrap();
+    cluster.restart(2).await;
+    let n3 = metrics_addr(&cluster, 2);
+    let received = "quorumkv_anti_entropy_records_total{direction=\"received\"}";
+    wait_until("n3 pulls the write it missed", DEADLINE, || async {
+        match value(&scrape(n3).await, received) {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("{received} = {n}")),
+        }
+    })
+    .await;
+    let sent = "quorumkv_anti_entropy_records_total{direction=\"sent\"}".to_string();
+    assert!(total(&cluster, &[0, 1], &[sent]).await >= 1.0, "n1 or n2 served it");
     cluster.shutdown().await;
 }
 

@@ -27,6 +27,17 @@ pub struct PairState {
     pub keys_repaired: u64,
 }
 
+/// Records moved between this node and its peers, since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsMoved {
+    /// Pulled by this node's syncs and applied.
+    pub pulled: u64,
+    /// Sent to peers in answer to their syncs' pulls.
+    pub served: u64,
+    /// Pushed here by peers (hint deliveries) and applied.
+    pub pushed_in: u64,
+}
+
 /// Anti-entropy knowledge of one node.
 #[derive(Default)]
 pub struct Agreement {
@@ -36,6 +47,10 @@ pub struct Agreement {
     /// something newer or nothing (µs, node clock; 0: never). Grown on demand.
     leaves: Mutex<HashMap<(u32, usize), Vec<u64>>>,
     records_pulled: AtomicU64,
+    /// Records this node sent in answer to peers' pulls (their syncs).
+    records_served: AtomicU64,
+    /// Records peers pushed here and this node applied (hint deliveries: syncs only pull).
+    records_pushed_in: AtomicU64,
     /// Hints refused because the owner's hint store was full.
     pub hints_refused: AtomicU64,
 }
@@ -104,9 +119,21 @@ impl Agreement {
         self.records_pulled.fetch_add(records, Ordering::Relaxed);
     }
 
-    /// Records this node's syncs pulled and applied, since start.
-    pub fn records_pulled(&self) -> u64 {
-        self.records_pulled.load(Ordering::Relaxed)
+    /// Counts an exchange answered for a peer: `served` records sent for its pulls,
+    /// `applied` of its pushed records stored.
+    pub fn exchanged(&self, served: u64, applied: u64) {
+        self.records_served.fetch_add(served, Ordering::Relaxed);
+        self.records_pushed_in.fetch_add(applied, Ordering::Relaxed);
+    }
+
+    /// Since start: records this node's syncs pulled and applied, records it served to
+    /// peers' pulls, and records peers pushed here (hints delivered) that it applied.
+    pub fn records_moved(&self) -> RecordsMoved {
+        RecordsMoved {
+            pulled: self.records_pulled.load(Ordering::Relaxed),
+            served: self.records_served.load(Ordering::Relaxed),
+            pushed_in: self.records_pushed_in.load(Ordering::Relaxed),
+        }
     }
 
     /// Totals, with the syncs started (counted per peer by

@@ -85,13 +85,13 @@ impl NodeCollector {
                 counter(rounds.encode_family(&labels)?, ServiceCounters::load(table, i))?;
             }
         }
-        let agreement = &self.ctx.agreement;
-        let help = "Records this node's anti-entropy syncs pulled from peers and applied";
-        let pulled = agreement.records_pulled();
-        counter(
-            encoder.encode_descriptor("anti_entropy_records_pulled", help, None, MetricType::Counter)?,
-            pulled,
-        )?;
+        let moved = self.ctx.agreement.records_moved();
+        let help = "Records moved by anti-entropy: received (pulled by this node's syncs and \
+                    applied) and sent (served to peers' syncs)";
+        let mut records = encoder.encode_descriptor("anti_entropy_records", help, None, MetricType::Counter)?;
+        for (direction, n) in [("sent", moved.served), ("received", moved.pulled)] {
+            counter(records.encode_family(&[("direction", direction)])?, n)?;
+        }
         let traffic = self.ctx.anti_entropy_peers.traffic();
         let help = "Bytes of anti-entropy frames on this node's own syncs, by direction";
         let mut bytes = encoder.encode_descriptor("anti_entropy_bytes", help, None, MetricType::Counter)?;
@@ -118,6 +118,12 @@ impl NodeCollector {
             let n = ServiceCounters::load(&self.ctx.counters.hints_delivered, i);
             counter(delivered.encode_family(&[("owner", id)])?, n)?;
         }
+        let help = "Records other nodes delivered here as hints that this node applied";
+        let received = self.ctx.agreement.records_moved().pushed_in;
+        counter(
+            encoder.encode_descriptor("hints_received", help, None, MetricType::Counter)?,
+            received,
+        )?;
         let help = "Hints refused because this node held the most allowed for their owner";
         let refused = self.ctx.agreement.hints_refused.load(Ordering::Relaxed);
         counter(
