@@ -46,6 +46,15 @@ pub struct NodeContext {
     pub counters: ServiceCounters,
 }
 
+/// Names the node only (the metrics collector that holds a context must be `Debug`).
+impl std::fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeContext {
     /// Index of the member with id `id`.
     pub fn member_index(&self, id: &str) -> Option<usize> {

@@ -23,14 +23,6 @@ pub struct NodeCollector {
     ctx: Arc<NodeContext>,
 }
 
-impl std::fmt::Debug for NodeContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeContext")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl NodeCollector {
     /// A collector of `ctx`'s state.
     pub fn new(ctx: Arc<NodeContext>) -> NodeCollector {
