@@ -189,6 +189,44 @@ async fn metrics_move_with_requests_storage_and_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_are_counted_while_held_and_once_delivered() {
+    let shape = Shape {
+        metrics: true,
+        ..Shape::three().with("[convergence]\nping_interval_ms = 100\nhint_delivery_interval_ms = 100")
+    };
+    let mut cluster = TestCluster::start(shape).await;
+    let client = cluster.client().await;
+    cluster.stop(2).await;
+    client.put("for-n3", "v").await.unwrap();
+    let held = ["quorumkv_hints_held{owner=\"n3\"}".to_string()];
+    wait_until("n1 or n2 holds a hint for n3", DEADLINE, || async {
+        match total(&cluster, &[0, 1], &held).await {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("hints held for n3: {n}")),
+        }
+    })
+    .await;
+
+    cluster.restart(2).await;
+    let delivered = ["quorumkv_hints_delivered_total{owner=\"n3\"}".to_string()];
+    wait_until("the hint is delivered", DEADLINE, || async {
+        let delivered = total(&cluster, &[0, 1], &delivered).await;
+        let held = total(&cluster, &[0, 1], &held).await;
+        match (delivered, held) {
+            (d, 0.0) if d >= 1.0 => Ok(()),
+            other => Err(format!("delivered, still held: {other:?}")),
+        }
+    })
+    .await;
+    let received = value(
+        &scrape(metrics_addr(&cluster, 2)).await,
+        "quorumkv_hints_received_total",
+    );
+    assert!(received >= 1.0, "n3 applied the delivered hint: {received}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_http_errors_and_the_endpoint_keeps_serving() {
     let shape = Shape {
         metrics: true,
