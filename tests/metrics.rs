@@ -64,13 +64,20 @@ async fn total(cluster: &TestCluster, nodes: &[usize], series: &[String]) -> f64
     sum
 }
 
+/// Three nodes serving metrics, with fast pings and `convergence` (more settings of
+/// the `[convergence]` section).
+async fn three_with_metrics(convergence: &str) -> TestCluster {
+    let extra = format!("[convergence]\nping_interval_ms = 100\n{convergence}");
+    TestCluster::start(Shape {
+        metrics: true,
+        ..Shape::three().with(&extra)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_requests_storage_and_peers() {
-    let shape = Shape {
-        metrics: true,
-        ..Shape::three().with("[convergence]\nping_interval_ms = 100\nanti_entropy_interval_ms = 200")
-    };
-    let mut cluster = TestCluster::start(shape).await;
+    let mut cluster = three_with_metrics("anti_entropy_interval_ms = 200").await;
     let n1 = metrics_addr(&cluster, 0);
     let before = scrape(n1).await;
     assert_eq!(value(&before, &requests("put", "ok")), 0.0);
@@ -190,11 +197,7 @@ async fn metrics_move_with_requests_storage_and_peers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_are_counted_while_held_and_once_delivered() {
-    let shape = Shape {
-        metrics: true,
-        ..Shape::three().with("[convergence]\nping_interval_ms = 100\nhint_delivery_interval_ms = 100")
-    };
-    let mut cluster = TestCluster::start(shape).await;
+    let mut cluster = three_with_metrics("hint_delivery_interval_ms = 100").await;
     let client = cluster.client().await;
     cluster.stop(2).await;
     client.put("for-n3", "v").await.unwrap();
