@@ -102,13 +102,16 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Make a cluster CA and the certificates of its nodes and clients (for real machines).
     Certs(crate::certs::CertsArgs),
-    /// Every node's view: peers up or down, partitions in agreement, repairs, hints.
+    /// Every node in one screen: up or down, keys, disk, hints, agreement, warnings.
     Status {
         #[command(flatten)]
         config: ConfigArg,
         /// Print one JSON object per node instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Also list every partition's agreement with each other replica.
+        #[arg(long)]
+        partitions: bool,
     },
 }
 
@@ -198,11 +201,15 @@ impl ReadArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(arg) => crate::local::up(&arg.config, &load(&arg.config)?),
-        Command::Status { config, json } => {
+        Command::Status {
+            config,
+            json,
+            partitions,
+        } => {
             let config = load(&config.config)?;
-            let ids = config.node_ids();
+            let members = config.nodes.clone();
             client_command(&config, None, |client| async move {
-                let report = crate::status::collect(&client, &ids).await;
+                let report = crate::status::collect(&client, &members, partitions).await;
                 crate::status::print(&report, json)?;
                 Ok(if report.iter().all(|r| r.status.is_ok()) {
                     ExitCode::SUCCESS

@@ -224,6 +224,10 @@ pub struct NodeConfig {
     pub id: String,
     /// Address the node's QUIC endpoint listens on and others dial.
     pub addr: SocketAddr,
+    /// Where the node serves Prometheus metrics over HTTP (`GET /metrics`); none unless
+    /// set. Port 0 takes any free port (tests).
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -455,6 +459,26 @@ impl ClusterConfig {
                 problems.push(format!("nodes[{i}].addr = {}: give a fixed port", node.addr));
             }
         }
+        self.validate_metrics_addrs(problems);
+    }
+
+    /// Every `metrics_addr` is its own and no node's QUIC address (port 0, any free
+    /// port, may repeat).
+    fn validate_metrics_addrs(&self, problems: &mut Vec<String>) {
+        let node_addrs: HashSet<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        let mut seen = HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(addr) = node.metrics_addr else { continue };
+            if node_addrs.contains(&addr) {
+                problems.push(format!(
+                    "nodes[{i}].metrics_addr = {addr}: a node's addr; give metrics a port of their own"
+                ));
+            } else if addr.port() != 0 && !seen.insert(addr) {
+                problems.push(format!(
+                    "nodes[{i}].metrics_addr = {addr}: duplicate metrics address; every node needs its own"
+                ));
+            }
+        }
     }
 
     /// The data directory, resolved against the config file's directory.
@@ -621,6 +645,15 @@ mod tests {
                 "unknown variant",
             ),
             ("[[nodes]\n".to_string(), "TOML"),
+            (
+                GOOD.replace("7001\"", "7001\"\nmetrics_addr = \"127.0.0.1:7002\""),
+                "nodes[0].metrics_addr = 127.0.0.1:7002: a node's addr",
+            ),
+            (
+                GOOD.replace("7001\"", "7001\"\nmetrics_addr = \"127.0.0.1:9101\"")
+                    .replace("7002\"", "7002\"\nmetrics_addr = \"127.0.0.1:9101\""),
+                "nodes[1].metrics_addr = 127.0.0.1:9101: duplicate metrics address",
+            ),
         ];
         for (text, expected) in cases {
             let err = error_of(&text);

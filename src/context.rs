@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use quorumkv_client::clock::Clock;
 use quorumkv_client::ring::Ring;
-use quorumkv_client::wire::{NodeStatus, PartitionStatus, ReplicaAgreement};
+use quorumkv_client::wire::{AgreementSummary, NodeStatus, NodeSummary, PartitionStatus, ReplicaAgreement};
 
 use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
 use crate::config::Convergence;
+use crate::metrics::ServiceCounters;
 use crate::peer::{FailureDetector, PeerPool};
 use crate::storage::Storage;
 
@@ -41,6 +42,17 @@ pub struct NodeContext {
     pub limits: RecordLimits,
     /// Convergence settings from cluster.toml.
     pub convergence: Convergence,
+    /// Per-peer counts of anti-entropy syncs and hint deliveries.
+    pub counters: ServiceCounters,
+}
+
+/// Names the node only (the metrics collector that holds a context must be `Debug`).
+impl std::fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeContext {
@@ -80,7 +92,24 @@ impl NodeContext {
                 .collect(),
             hints_held,
             hints_refused: self.agreement.hints_refused.load(std::sync::atomic::Ordering::Relaxed),
-            anti_entropy: self.agreement.counters(sent, received),
+            anti_entropy: self.agreement.counters(self.counters.rounds(), sent, received),
+        }
+    }
+
+    /// [`status`](Self::status) in short: partition rows condensed (and sent only if
+    /// `partitions`), with the keys and disk bytes of the store.
+    pub fn summary(&self, partitions: bool) -> NodeSummary {
+        let mut status = self.status();
+        let agreement = AgreementSummary::of(&status.partitions);
+        if !partitions {
+            status.partitions = Vec::new();
+        }
+        let usage = self.storage.usage();
+        NodeSummary {
+            status,
+            keys: usage.keys,
+            disk_bytes: usage.disk_bytes,
+            agreement,
         }
     }
 

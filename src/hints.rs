@@ -76,6 +76,7 @@ async fn deliver(ctx: &NodeContext, owner: &str, index: usize) -> Result<u64, St
                 Err(_) => return Err(format!("no answer within {DELIVERY_TIMEOUT:?}")),
             }
             delivered += done.len() as u64;
+            ctx.counters.delivered(index, done.len() as u64);
             ctx.storage
                 .remove_hints(owner.to_string(), done)
                 .await

@@ -28,6 +28,7 @@ pub mod history;
 pub mod local;
 pub mod logging;
 pub mod merkle;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod pki;

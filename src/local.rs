@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures_util::future::select_all;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -108,16 +108,20 @@ async fn wait_for_exit(node: &mut NodeProcess) -> anyhow::Result<ExitStatus> {
     }
 }
 
-/// Sends SIGTERM to `pid` (a node then drains, fsyncs and exits).
+/// Sends SIGTERM to `pid` (a node then drains, fsyncs and exits). A process that has
+/// already exited is not an error: under a terminal's Ctrl-C the nodes get SIGINT too and
+/// may be gone before `up` signals them.
 pub fn terminate(pid: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .context("running kill -TERM")?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed ({status})");
+    let pid = libc::pid_t::try_from(pid).with_context(|| format!("process id {pid} out of range"))?;
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+        return Ok(());
     }
-    Ok(())
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(());
+    }
+    Err(error).with_context(|| format!("sending SIGTERM to process {pid}"))
 }
 
 /// Cancels `stop` when stdin reaches its end: under `up`, when the parent exits. A

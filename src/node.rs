@@ -26,13 +26,15 @@ use crate::antientropy::{Agreement, AntiEntropy};
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
 use crate::endpoint_config::node_endpoint_config;
+use crate::metrics::ServiceCounters;
 use crate::peer::detector::ping_loop;
 use crate::peer::{peer_max_frame, peer_pool, FailureDetector, PeerService};
 use crate::replica::Replica;
 use crate::server::budget::{MemoryGauges, MemoryUse};
 use crate::server::{accept_loop, ConnectionLimits, ServerContext, CLIENT_ANSWER_FRAMES, PEER_ANSWER_FRAMES};
 use crate::storage::{FjallStorage, Storage, StoreOptions};
-use crate::{hints, pki, tombstones};
+use crate::{hints, metrics, pki, tombstones};
+use prometheus_client::registry::Registry;
 
 /// Longest wait for in-flight requests at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,6 +109,8 @@ pub struct Node {
     gauges: Arc<MemoryGauges>,
     /// What one client connection may make this node hold.
     client_limits: ConnectionLimits,
+    /// Where the metrics endpoint listens, if the node has one.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -140,6 +144,7 @@ impl Node {
             clock: parts.clock.clone(),
             limits: RecordLimits::of(config),
             convergence: config.convergence,
+            counters: ServiceCounters::new(ring.members().len()),
             ring: ring.clone(),
         });
         let shutdown = CancellationToken::new();
@@ -153,6 +158,11 @@ impl Node {
             ctx.limits,
         ));
         let limits = connection_limits(config);
+        let metrics = metrics::registry(ctx.clone(), replica.metrics());
+        let metrics_addr = match config.node(id).and_then(|n| n.metrics_addr) {
+            Some(addr) => Some(serve_metrics(addr, metrics, &shutdown, &tracker)?),
+            None => None,
+        };
         let server = ServerContext::new(replica, peers, shutdown.clone(), tracker.clone(), limits);
         let gauges = server.gauges.clone();
         tracker.spawn(accept_loop(endpoint.clone(), server));
@@ -170,6 +180,7 @@ impl Node {
             tracker,
             gauges,
             client_limits: limits.0,
+            metrics_addr,
         })
     }
 
@@ -181,6 +192,11 @@ impl Node {
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The address the metrics endpoint is bound to, if `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Resolves when shutdown has begun (asked for, or storage failed).
@@ -275,6 +291,26 @@ fn spawn_background(ctx: &Arc<NodeContext>, shutdown: &CancellationToken, tracke
     tracker.spawn(hints::delivery_loop(ctx.clone(), shutdown.clone()));
     tracker.spawn(tombstones::purge_loop(ctx.clone(), shutdown.clone()));
     tracker.spawn(watch_storage(ctx.storage.clone(), shutdown.clone()));
+}
+
+/// Binds `addr` and serves `registry` there until `shutdown`; returns the bound address.
+fn serve_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<SocketAddr> {
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    };
+    let listener = bind().with_context(|| format!("binding metrics_addr {addr} (is another process using it?)"))?;
+    let bound = listener.local_addr().context("reading the metrics address")?;
+    let serve = metrics::http::serve(listener, Arc::new(registry), shutdown.clone(), tracker.clone());
+    tracker.spawn(serve);
+    tracing::info!("metrics at http://{bound}/metrics");
+    Ok(bound)
 }
 
 /// Begins shutdown if storage fails fatally: a poisoned fjall must not keep serving.

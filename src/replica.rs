@@ -12,6 +12,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Record, Request, Response};
@@ -19,6 +20,7 @@ use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Rec
 use crate::admission::Refusal;
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
+use crate::metrics::{Op, RequestMetrics};
 use crate::server::{AnswerSize, Handler, Reply};
 use crate::storage::{Applied, HintStored, StorageError};
 
@@ -29,6 +31,8 @@ pub struct Replica {
     info: ClusterInfo,
     /// Epoch of this node's ring; requests routed with another are refused.
     epoch: u64,
+    /// Requests answered, by operation and outcome, with their latency.
+    metrics: Arc<RequestMetrics>,
 }
 
 impl Replica {
@@ -38,11 +42,24 @@ impl Replica {
             info: config.cluster_info(),
             epoch: ctx.ring.epoch(),
             ctx,
+            metrics: Arc::default(),
         }
     }
 
-    /// Answers one request.
+    /// The requests this replica answered (for the node's metrics).
+    pub fn metrics(&self) -> Arc<RequestMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Answers one request, and counts it.
     pub async fn answer(&self, request: Request) -> Response {
+        let (op, begun) = (Op::of(&request), Instant::now());
+        let response = self.respond(request).await;
+        self.metrics.observe(op, &response, begun);
+        response
+    }
+
+    async fn respond(&self, request: Request) -> Response {
         let result = match request {
             Request::Get { epoch, key } => self.get(epoch, key).await,
             Request::GetVersion { epoch, key } => self.get_version(epoch, key).await,
@@ -55,6 +72,7 @@ impl Replica {
             } => self.put_hint(epoch, owner, key, record).await,
             Request::Members => Ok(self.members()),
             Request::Status => Ok(Response::Status(self.ctx.status())),
+            Request::StatusSummary { partitions } => Ok(Response::StatusSummary(self.ctx.summary(partitions))),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -145,7 +163,9 @@ impl Handler for Replica {
     }
 
     /// Reads and writes go to the storage threads with their reply (answered from there,
-    /// no task waits); versions the index knows and `Members` are answered at once.
+    /// no task waits); versions the index knows and `Members` are answered at once. Each
+    /// answer is counted where it is sent ([`Counted`]); a request given back is counted
+    /// by [`answer`](Replica::answer).
     fn start(&self, request: Request, reply: &Reply) -> Option<Request> {
         let checked = match &request {
             Request::Get { epoch, key } | Request::GetVersion { epoch, key } => self.check_read(*epoch, key),
@@ -153,7 +173,7 @@ impl Handler for Replica {
             Request::Members => Ok(()),
             _ => return Some(request),
         };
-        let reply = reply.clone();
+        let reply = Counted::new(&request, reply, &self.metrics);
         if let Err(refusal) = checked {
             reply.send(Response::Error(refusal));
             return None;
@@ -184,13 +204,40 @@ impl Handler for Replica {
     /// acknowledgement, a version or a refusal is small.
     fn answer_size(&self, request: &Request) -> AnswerSize {
         match request {
-            Request::Get { .. } | Request::Members | Request::Status => AnswerSize::Large,
+            Request::Get { .. } | Request::Members | Request::Status | Request::StatusSummary { .. } => {
+                AnswerSize::Large
+            }
             Request::Put { .. } | Request::PutHint { .. } | Request::GetVersion { .. } => AnswerSize::Small,
         }
     }
 
     fn malformed(&self, why: String) -> Response {
         Response::Error(reply(ErrorKind::Malformed, why))
+    }
+}
+
+/// A reply that counts its request in the node's metrics when it is sent.
+struct Counted {
+    reply: Reply,
+    op: Op,
+    /// When the request was decoded.
+    begun: Instant,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl Counted {
+    fn new(request: &Request, reply: &Reply, metrics: &Arc<RequestMetrics>) -> Counted {
+        Counted {
+            reply: reply.clone(),
+            op: Op::of(request),
+            begun: Instant::now(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    fn send(self, response: Response) {
+        self.metrics.observe(self.op, &response, self.begun);
+        self.reply.send(response);
     }
 }
 

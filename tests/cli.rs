@@ -154,31 +154,81 @@ async fn status_and_get_from_show_each_nodes_own_view() {
     assert_eq!(text(&from.stdout), "v1");
     assert!(text(&from.stderr).contains("version"), "{}", text(&from.stderr));
 
+    common::wait_until("n1 and n2 see n3 down", Duration::from_secs(20), || async {
+        for id in ["n1", "n2"] {
+            let summary = client.status_summary(id, false).await.map_err(|e| e.to_string())?;
+            if summary.status.peers.iter().any(|p| p.id == "n3" && p.up) {
+                return Err(format!("{id} still sees n3 up"));
+            }
+        }
+        Ok(())
+    })
+    .await;
     let status = run(args(&["status", "--json"])).await.unwrap();
     assert_eq!(
         status.status.code(),
         Some(1),
         "one node is down, so status reports a failure"
     );
-    let lines: Vec<serde_json::Value> = text(&status.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let json = text(&status.stdout);
+    assert!(
+        json.len() < MAX_SUMMARY_JSON,
+        "without --partitions the JSON stays small: {} bytes",
+        json.len()
+    );
+    let lines = json_lines(&json);
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["id"], "n1");
+    let n1 = &lines[0]["status"];
+    assert_eq!(n1["status"]["partitions"].as_array().unwrap().len(), 0, "{n1}");
     assert!(
-        lines[0]["status"]["partitions"].as_array().unwrap().len() > 100,
-        "n1 replicates most partitions"
+        n1["agreement"]["replicated"].as_u64().unwrap() > 100,
+        "n1 replicates most partitions: {n1}"
     );
+    assert_eq!(n1["keys"], 1, "{n1}");
+    assert!(n1["disk_bytes"].as_u64().unwrap() > 0, "{n1}");
     assert!(
         lines[2]["status"]["error"].is_string(),
         "n3 is unreachable: {}",
         lines[2]
     );
 
+    let full = run(args(&["status", "--json", "--partitions"])).await.unwrap();
+    let full = json_lines(&text(&full.stdout));
+    let rows = full[0]["status"]["status"]["partitions"].as_array().unwrap();
+    assert!(rows.len() > 100, "--partitions lists every partition n1 replicates");
+
     let human = run(args(&["status"])).await.unwrap();
     let human = text(&human.stdout);
-    assert!(human.contains("n1  up") && human.contains("n3  UNREACHABLE"), "{human}");
+    let line_of = |id: &str| {
+        human
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let n1 = line_of("n1");
+    assert!(
+        n1.split_whitespace().nth(1) == Some("up") && n1.contains(" 1 "),
+        "n1 up with 1 key: {human}"
+    );
+    assert!(line_of("n2").split_whitespace().nth(1) == Some("up"), "{human}");
+    let n3 = line_of("n3");
+    assert!(n3.contains("DOWN") && n3.contains("unreachable"), "{human}");
+    assert!(
+        human.contains("sees down: n3"),
+        "n1 and n2 warn that they see n3 down: {human}"
+    );
+    assert!(
+        human.lines().count() <= 7,
+        "a header and at most two lines per node: {human}"
+    );
+    let partitions = text(&run(args(&["status", "--partitions"])).await.unwrap().stdout);
+    let rows = partitions
+        .lines()
+        .filter(|l| l.trim_start().starts_with("partition "))
+        .count();
+    assert!(rows > 200, "n1's and n2's partition rows: {partitions}");
     cluster.shutdown().await;
 }
 
@@ -339,4 +389,14 @@ fn usage_errors_exit_with_64() {
         text(&help.stdout).contains("64  usage error"),
         "--help lists the exit codes"
     );
+}
+
+/// Most bytes `status --json` may print for three nodes without `--partitions` (it was
+/// ~130 KB with the partition rows).
+const MAX_SUMMARY_JSON: usize = 4096;
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
 }

@@ -129,15 +129,7 @@ async fn power_cut_after_writes(scenario: Scenario) -> Option<Outcome> {
     // Only the node's own directory is on lazyfs; the development CA beside it is not.
     std::os::unix::fs::symlink(&mountpoint, dir.path().join("data").join("n1")).unwrap();
     let config_path = dir.path().join("cluster.toml");
-    let shape = Shape {
-        nodes: 1,
-        replication_factor: 1,
-        n: 1,
-        w: 1,
-        r: 1,
-        ..Shape::three()
-    }
-    .with(&format!(
+    let shape = Shape::single().with(&format!(
         "[durability]\nmode = \"{durability}\"\ninterval_ms = {PERIODIC_INTERVAL_MS}\n{extra}"
     ));
     std::fs::write(&config_path, config_text(&shape, &free_addrs(1))).unwrap();

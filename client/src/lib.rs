@@ -28,6 +28,7 @@ pub mod options;
 pub mod quorum;
 pub mod refusal;
 pub mod ring;
+pub mod summary;
 pub mod tls;
 pub mod transport;
 pub mod version;

@@ -9,6 +9,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+pub use crate::summary::{AgreementSummary, NodeSummary};
 use crate::version::Version;
 
 mod members;
@@ -110,7 +111,8 @@ pub enum Request {
     },
     /// The cluster's members and settings, from which a client builds the ring.
     Members,
-    /// This node's view of its peers, partitions and repairs.
+    /// This node's view of its peers, partitions and repairs, every partition row
+    /// included (~40 KB with 256 partitions).
     Status,
     /// The version of the node's copy of a key, without the value (the digest requests
     /// of a quorum read). New in protocol version 2.
@@ -119,6 +121,12 @@ pub enum Request {
         epoch: u64,
         /// The key.
         key: Bytes,
+    },
+    /// This node's status in short ([`NodeSummary`]); the partition rows only if
+    /// `partitions`. A node older than this variant answers it as malformed.
+    StatusSummary {
+        /// Whether to include every partition row.
+        partitions: bool,
     },
 }
 
@@ -183,6 +191,8 @@ pub enum Response {
     Error(ErrorReply),
     /// Answer to `GetVersion`: what the node holds, or `None` if it has never seen the key.
     Version(Option<HeldVersion>),
+    /// Answer to `StatusSummary`.
+    StatusSummary(NodeSummary),
 }
 
 /// Why a node refused or failed a request.

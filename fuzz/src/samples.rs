@@ -6,7 +6,7 @@ use bytes::Bytes;
 use quorumkv::peer::{KeyedRecord, LeafEntries, LeafProbe, PeerRequest, PeerResponse};
 use quorumkv::storage::Entry;
 use quorumkv_client::wire::{
-    AntiEntropyCounters, ClusterInfo, ErrorKind, ErrorReply, Frame, HeldVersion, Member, NodeStatus, PartitionStatus,
+    AgreementSummary, AntiEntropyCounters, ClusterInfo, ErrorKind, ErrorReply, Frame, HeldVersion, Member, NodeStatus, NodeSummary, PartitionStatus,
     PeerStatus, QuorumDefaults, Record, ReplicaAgreement, Request, Response, FRAME_OVERHEAD,
 };
 use quorumkv_client::Version;
@@ -28,7 +28,8 @@ fn key() -> Bytes {
     Bytes::from_static(b"user:42")
 }
 
-/// Client requests; every variant but `GetVersion` is also protocol version 1.
+/// Client requests; every variant but `GetVersion` and `StatusSummary` is also protocol
+/// version 1.
 pub fn client_requests() -> Vec<(&'static str, Frame<Request>)> {
     let epoch = 0x1234_5678_9abc_def0;
     let bodies = [
@@ -61,11 +62,13 @@ pub fn client_requests() -> Vec<(&'static str, Frame<Request>)> {
         ("members", Request::Members),
         ("status", Request::Status),
         ("v2_get_version", Request::GetVersion { epoch, key: key() }),
+        ("v2_status_summary", Request::StatusSummary { partitions: true }),
     ];
     framed(bodies)
 }
 
-/// Node answers to client requests; every variant but `Version` is also version 1.
+/// Node answers to client requests; every variant but `Version` and `StatusSummary` is
+/// also version 1.
 pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
     let bodies = [
         ("record", Response::Record(Some(record(Some(b"hello"))))),
@@ -95,6 +98,7 @@ pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
                 tombstone: true,
             })),
         ),
+        ("v2_status_summary", Response::StatusSummary(node_summary())),
     ];
     framed(bodies)
 }
@@ -237,6 +241,16 @@ fn cluster_info_at_limits() -> ClusterInfo {
         max_key_bytes: usize::MAX - max_value_bytes - FRAME_OVERHEAD,
         max_value_bytes,
         ..cluster_info()
+    }
+}
+
+fn node_summary() -> NodeSummary {
+    let status = node_status();
+    NodeSummary {
+        agreement: AgreementSummary::of(&status.partitions),
+        status,
+        keys: 12,
+        disk_bytes: Some(4096),
     }
 }
 

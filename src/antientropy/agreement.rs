@@ -27,6 +27,17 @@ pub struct PairState {
     pub keys_repaired: u64,
 }
 
+/// Records moved between this node and its peers, since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsMoved {
+    /// Pulled by this node's syncs and applied.
+    pub pulled: u64,
+    /// Sent to peers in answer to their syncs' pulls.
+    pub served: u64,
+    /// Pushed here by peers (hint deliveries) and applied.
+    pub pushed_in: u64,
+}
+
 /// Anti-entropy knowledge of one node.
 #[derive(Default)]
 pub struct Agreement {
@@ -35,8 +46,11 @@ pub struct Agreement {
     /// that the peer holds, for every tombstone of this node in the leaf, that tombstone,
     /// something newer or nothing (µs, node clock; 0: never). Grown on demand.
     leaves: Mutex<HashMap<(u32, usize), Vec<u64>>>,
-    rounds: AtomicU64,
     records_pulled: AtomicU64,
+    /// Records this node sent in answer to peers' pulls (their syncs).
+    records_served: AtomicU64,
+    /// Records peers pushed here and this node applied (hint deliveries: syncs only pull).
+    records_pushed_in: AtomicU64,
     /// Hints refused because the owner's hint store was full.
     pub hints_refused: AtomicU64,
 }
@@ -100,20 +114,34 @@ impl Agreement {
         self.lock().get(&(partition, peer)).copied().unwrap_or_default()
     }
 
-    /// Counts one sync with one peer started by this node.
-    pub fn round(&self) {
-        self.rounds.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Counts records this node's syncs pulled and applied.
     pub fn pulled(&self, records: u64) {
         self.records_pulled.fetch_add(records, Ordering::Relaxed);
     }
 
-    /// Totals, with the byte counts of the anti-entropy connections.
-    pub fn counters(&self, bytes_sent: u64, bytes_received: u64) -> AntiEntropyCounters {
+    /// Counts an exchange answered for a peer: `served` records sent for its pulls,
+    /// `applied` of its pushed records stored.
+    pub fn exchanged(&self, served: u64, applied: u64) {
+        self.records_served.fetch_add(served, Ordering::Relaxed);
+        self.records_pushed_in.fetch_add(applied, Ordering::Relaxed);
+    }
+
+    /// Since start: records this node's syncs pulled and applied, records it served to
+    /// peers' pulls, and records peers pushed here (hints delivered) that it applied.
+    pub fn records_moved(&self) -> RecordsMoved {
+        RecordsMoved {
+            pulled: self.records_pulled.load(Ordering::Relaxed),
+            served: self.records_served.load(Ordering::Relaxed),
+            pushed_in: self.records_pushed_in.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Totals, with the syncs started (counted per peer by
+    /// [`crate::metrics::ServiceCounters`]) and the byte counts of the anti-entropy
+    /// connections.
+    pub fn counters(&self, rounds: u64, bytes_sent: u64, bytes_received: u64) -> AntiEntropyCounters {
         AntiEntropyCounters {
-            rounds: self.rounds.load(Ordering::Relaxed),
+            rounds,
             records_pulled: self.records_pulled.load(Ordering::Relaxed),
             bytes_sent,
             bytes_received,

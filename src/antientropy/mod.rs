@@ -143,10 +143,12 @@ impl AntiEntropy {
             if !self.ctx.storage.forest().is_ready() || !self.ctx.detector.is_up(peer) {
                 continue;
             }
-            self.ctx.agreement.round();
             tokio::select! {
-                synced = self.sync(peer, &shared) => if let Err(e) = synced {
-                    tracing::warn!("anti-entropy with {} failed: {e}", self.ctx.ring.members()[peer]);
+                synced = self.sync(peer, &shared) => {
+                    self.ctx.counters.round(peer, synced.is_ok());
+                    if let Err(e) = synced {
+                        tracing::warn!("anti-entropy with {} failed: {e}", self.ctx.ring.members()[peer]);
+                    }
                 },
                 _ = shutdown.cancelled() => return,
             }

@@ -175,6 +175,8 @@ impl PeerService {
             applied.push(outcome?);
         }
         let (records, unserved) = self.read_up_to(pull, EXCHANGE_BYTES).await?;
+        let stored = applied.iter().filter(|a| **a).count() as u64;
+        self.agreement.exchanged(records.len() as u64, stored);
         Ok(PeerResponse::Exchanged {
             applied,
             records,

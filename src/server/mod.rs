@@ -4,7 +4,8 @@
 //! A connection speaks the client protocol or the peer protocol, chosen by its ALPN. A
 //! peer connection must present a member's node certificate ([`crate::peer::auth`]), else
 //! it is closed with the reason and logged at WARN, as is every failed TLS handshake (a
-//! refused certificate in words: another CA, expired, wrong role).
+//! refused certificate in words: another CA, expired, wrong role) except one the dialler
+//! abandoned on purpose (DEBUG).
 //! Every stream is read frame by frame ([`frames`]); each request runs as its own
 //! tracked task (so a slow write does not hold up a read behind it), except those the
 //! handler can start without one: answered on the spot (a version from memory) or handed
@@ -205,6 +206,19 @@ pub async fn accept_loop(endpoint: Endpoint, ctx: ServerContext) {
     }
 }
 
+/// Whether a handshake ended because the dialler closed it on purpose (a peer's ping
+/// timing out while this node was still starting, a client that stopped waiting): not a
+/// refusal, so not worth a warning. Certificate refusals arrive as TLS alerts instead.
+fn dialler_gave_up(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            close.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+        }
+        quinn::ConnectionError::ApplicationClosed(_) => true,
+        _ => false,
+    }
+}
+
 async fn serve_connection(incoming: Incoming, ctx: ServerContext) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -212,6 +226,7 @@ async fn serve_connection(incoming: Incoming, ctx: ServerContext) {
         Err(e) => {
             match quorumkv_client::refusal::Refusal::of(&e) {
                 Some(refusal) => tracing::warn!("TLS handshake with {remote} failed: {}", refusal.accepted(remote)),
+                None if dialler_gave_up(&e) => tracing::debug!("TLS handshake with {remote} abandoned: {e}"),
                 None => tracing::warn!("TLS handshake with {remote} failed: {e}"),
             }
             return;

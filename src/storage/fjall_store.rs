@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,14 +33,17 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{
     decode_header, decode_record, decode_tombstone, hint_owner, hint_prefix, record_key, split_record_key, HASH_PREFIX,
 };
+use super::disk::allocated_bytes;
 use super::relay::{Deliver, Relay};
 use super::version_index::{KeyId, Lookup, VersionIndex};
 use super::writer::{fatal, WriteOp, Writer};
 use super::{
-    next_batch, Applied, Callback, Completion, Entry, EntryPage, Forest, HintStored, Storage, StorageError, Tombstone,
+    next_batch, Applied, Callback, Completion, Entry, EntryPage, Forest, HintStored, Storage, StorageError,
+    StorageUsage, Tombstone,
 };
 use crate::config::DurabilityMode;
 use crate::merkle::entry_hash;
+use crate::metrics::CommitMetrics;
 
 /// Writes queued for the writer thread before callers wait.
 const WRITE_QUEUE: usize = 4096;
@@ -92,6 +95,10 @@ pub struct FjallStorage {
     stop_periodic: Arc<AtomicBool>,
     forest: Arc<Forest>,
     hint_counts: Arc<Mutex<HashMap<String, u64>>>,
+    /// Group commit sizes and times, kept by the writer.
+    commits: Arc<CommitMetrics>,
+    /// The store's directory (its disk use is measured there).
+    dir: PathBuf,
 }
 
 impl FjallStorage {
@@ -123,6 +130,7 @@ impl FjallStorage {
         spawn_rebuild(db.clone(), records.clone(), forest.clone(), tx.clone())?;
         let poisoned = Arc::new(AtomicBool::new(false));
         let index = Arc::new(VersionIndex::loading());
+        let commits = Arc::new(CommitMetrics::default());
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
@@ -138,6 +146,7 @@ impl FjallStorage {
             hint_counts: hint_counts.clone(),
             max_hints_per_node: options.max_hints_per_node,
             index: index.clone(),
+            commits: commits.clone(),
             relay: Relay::spawn(&runtime),
         };
         let reads = spawn_reader(records.clone(), Relay::spawn(&runtime))?;
@@ -158,6 +167,8 @@ impl FjallStorage {
             stop_periodic,
             forest,
             hint_counts,
+            commits,
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -375,6 +386,21 @@ impl Storage for FjallStorage {
 
     fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Relaxed)
+    }
+
+    fn usage(&self) -> StorageUsage {
+        let disk_bytes = allocated_bytes(&self.dir);
+        if let Err(e) = &disk_bytes {
+            tracing::debug!("cannot measure the store's disk space: {e}");
+        }
+        StorageUsage {
+            keys: self.index.len() as u64,
+            disk_bytes: disk_bytes.ok(),
+        }
+    }
+
+    fn commits(&self) -> &CommitMetrics {
+        &self.commits
     }
 }
 

@@ -7,6 +7,7 @@
 //! so they never disagree.
 
 mod codec;
+mod disk;
 mod fjall_store;
 mod forest;
 mod relay;
@@ -19,6 +20,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use quorumkv_client::wire::{HeldVersion, Record};
 use quorumkv_client::Version;
+
+use crate::metrics::CommitMetrics;
 
 pub use codec::{decode_record, encode_record};
 #[cfg(test)]
@@ -227,6 +230,21 @@ pub trait Storage: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Whether a fatal error happened: the node must stop.
     fn is_poisoned(&self) -> bool;
+    /// Keys stored and bytes on disk, now.
+    fn usage(&self) -> StorageUsage;
+    /// Sizes and times of the writer's group commits.
+    fn commits(&self) -> &CommitMetrics;
+}
+
+/// How much a store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageUsage {
+    /// Keys with a record, tombstones not yet purged included (from the version index:
+    /// right after a start, only the keys it has loaded so far).
+    pub keys: u64,
+    /// Bytes its files have allocated on disk (journal and tables, as `du` counts
+    /// them); `None` if the store could not tell.
+    pub disk_bytes: Option<u64>,
 }
 
 #[cfg(test)]

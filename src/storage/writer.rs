@@ -8,11 +8,13 @@
 //! versions come from the in-memory [`VersionIndex`], with the earlier operations of the
 //! batch on top. After the commit the batch's outcomes are published to the index and
 //! its Merkle deltas folded into the [`Forest`]. A failed commit poisons fjall: the store
-//! then refuses everything and the node must stop.
+//! then refuses everything and the node must stop. Each commit's size (operations
+//! answered) and duration (fdatasync included) go to [`CommitMetrics`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
@@ -26,6 +28,7 @@ use super::relay::{Deliver, Relay};
 use super::version_index::{DigestBuild, KeyId, Lookup, RecordState, VersionIndex};
 use super::{next_batch, Applied, Completion, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
+use crate::metrics::CommitMetrics;
 
 /// Most operations committed as one batch (bounds the latency of one commit).
 const MAX_BATCH: usize = 512;
@@ -95,6 +98,8 @@ pub struct Writer {
     pub index: Arc<VersionIndex>,
     /// Carries each batch's answers back to the runtime.
     pub relay: Relay<Answer>,
+    /// Sizes and times of the commits.
+    pub commits: Arc<CommitMetrics>,
 }
 
 /// State of one batch being built.
@@ -153,7 +158,14 @@ impl Writer {
             hint_count_changes,
             ..
         } = batch;
-        match fjall_batch.commit() {
+        let begun = Instant::now();
+        let committed = fjall_batch.commit();
+        if !answers.is_empty() {
+            let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.commits.duration.observe(nanos);
+            self.commits.records.observe(answers.len() as u64);
+        }
+        match committed {
             Ok(()) => {
                 for (id, state) in states {
                     self.index.set(id, state);

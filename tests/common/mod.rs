@@ -34,6 +34,8 @@ pub struct Shape {
     pub timeout_ms: u64,
     /// Extra cluster.toml text, e.g. a `[convergence]` section.
     pub extra: String,
+    /// Whether every node serves metrics (on a free port: see `Node::metrics_addr`).
+    pub metrics: bool,
 }
 
 impl Shape {
@@ -47,6 +49,19 @@ impl Shape {
             r: 2,
             timeout_ms: 2_000,
             extra: String::new(),
+            metrics: false,
+        }
+    }
+
+    /// One node holding every partition, n=w=r=1.
+    pub fn single() -> Shape {
+        Shape {
+            nodes: 1,
+            replication_factor: 1,
+            n: 1,
+            w: 1,
+            r: 1,
+            ..Shape::three()
         }
     }
 
@@ -67,6 +82,9 @@ pub fn config_text(shape: &Shape, addrs: &[SocketAddr]) -> String {
     text.push_str(&shape.extra);
     for (i, addr) in addrs.iter().enumerate() {
         text.push_str(&format!("\n[[nodes]]\nid = \"n{}\"\naddr = \"{addr}\"\n", i + 1));
+        if shape.metrics {
+            text.push_str("metrics_addr = \"127.0.0.1:0\"\n");
+        }
     }
     text
 }

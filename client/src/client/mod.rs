@@ -30,7 +30,7 @@ use crate::ring::Ring;
 use crate::tls::TlsIdentity;
 use crate::transport::{ConnectionPool, Destination, EncodedRequest};
 use crate::version::{ClockExhausted, HybridClock, Version, DEFAULT_MAX_CLOCK_SKEW};
-use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, Record, Request, Response};
+use crate::wire::{ClusterInfo, ErrorKind, NodeStatus, NodeSummary, Record, Request, Response};
 use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
 use fanout::{same_to_all, Background, HintPolicy};
 use health::Health;
@@ -275,6 +275,20 @@ impl Client {
             Response::Status(status) => Ok(status),
             other => Err(unexpected(other)),
         })
+        .await
+    }
+
+    /// One node's status in short: peers, hints, keys, disk bytes and its partitions'
+    /// agreement condensed; every partition row too if `partitions`.
+    pub async fn status_summary(&self, node_id: &str, partitions: bool) -> Result<NodeSummary, ClientError> {
+        self.ask_one(
+            node_id,
+            Request::StatusSummary { partitions },
+            |response| match response {
+                Response::StatusSummary(summary) => Ok(summary),
+                other => Err(unexpected(other)),
+            },
+        )
         .await
     }
 
