@@ -6,8 +6,9 @@ use bytes::Bytes;
 use quorumkv::peer::{KeyedRecord, LeafEntries, LeafProbe, PeerRequest, PeerResponse};
 use quorumkv::storage::Entry;
 use quorumkv_client::wire::{
-    AgreementSummary, AntiEntropyCounters, ClusterInfo, ErrorKind, ErrorReply, Frame, HeldVersion, Member, NodeStatus, NodeSummary, PartitionStatus,
-    PeerStatus, QuorumDefaults, Record, ReplicaAgreement, Request, Response, FRAME_OVERHEAD,
+    AgreementSummary, AntiEntropyCounters, ClusterInfo, ErrorKind, ErrorReply, Frame, HeldVersion, Member, NodeStatus,
+    NodeSummary, PartitionStatus, PeerStatus, QuorumDefaults, Record, ReplicaAgreement, Request, Response,
+    FRAME_OVERHEAD,
 };
 use quorumkv_client::Version;
 
