@@ -12,7 +12,7 @@
 //!
 //! Values are bytes: `put KEY -` reads the value from stdin and `put KEY --value-file F`
 //! from a file; `get` writes the raw bytes, to `--output F` or to stdout with a newline
-//! after them only when stdout is a terminal ([`values`]).
+//! after them only when stdout is a terminal (`values`).
 //!
 //! A client command is bounded by its request timeout (`--timeout-ms`, else cluster.toml's
 //! `[defaults] timeout_ms`): finding the cluster asks every seed at once within it, the

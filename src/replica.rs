@@ -164,7 +164,7 @@ impl Handler for Replica {
 
     /// Reads and writes go to the storage threads with their reply (answered from there,
     /// no task waits); versions the index knows and `Members` are answered at once. Each
-    /// answer is counted where it is sent ([`Counted`]); a request given back is counted
+    /// answer is counted where it is sent (`Counted`); a request given back is counted
     /// by [`answer`](Replica::answer).
     fn start(&self, request: Request, reply: &Reply) -> Option<Request> {
         let checked = match &request {

@@ -107,7 +107,7 @@ impl TlsIdentity {
     }
 
     /// QUIC client configuration for the client protocol: verify the node against the CA
-    /// (a node certificate: [`NodeCertVerifier`]), present our certificate.
+    /// (a node certificate: `NodeCertVerifier`), present our certificate.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
         self.client_config_for(ALPN)
     }

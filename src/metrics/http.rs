@@ -5,7 +5,7 @@
 //! [`HEAD_TIMEOUT`]), answers `200` with the Prometheus text format for `GET /metrics`,
 //! `404` for any other path, `405` for any other method and `400` for anything that is
 //! not an HTTP/1.x request head, then closes the connection. At most
-//! [`MAX_CONNECTIONS`] are served at once; more are closed unanswered. A request body
+//! `MAX_CONNECTIONS` (16) are served at once; more are closed unanswered. A request body
 //! is never read.
 
 use std::sync::Arc;

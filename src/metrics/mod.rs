@@ -5,7 +5,7 @@
 //! is kept in atomics by their owners ([`RequestMetrics`] by the replica,
 //! [`CommitMetrics`] by the storage writer, [`ServiceCounters`] by anti-entropy and hint
 //! delivery); what the node already tracks for `status` (failure detector, agreement,
-//! traffic, hints held, keys, disk) is read when scraped ([`node::NodeCollector`]).
+//! traffic, hints held, keys, disk) is read when scraped (`node::NodeCollector`).
 //! Labels are bounded: operations, outcomes and member ids, never keys.
 
 pub mod histogram;
