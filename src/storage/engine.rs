@@ -86,7 +86,9 @@ pub trait EngineBatch: Send {
 /// Ordered reads of a consistent state.
 pub trait ReadView: Send + 'static {
     /// Visits the pairs of `space` whose key lies in `range`, in key order, until the
-    /// visitor says [`Scan::Stop`] or returns an error (which the scan returns).
+    /// visitor says [`Scan::Stop`] or returns an error (which the scan returns). On a
+    /// snapshot the pairs are one view; on a live engine, commits made while the scan
+    /// runs may show in it.
     fn scan(&self, space: Space, range: KeyRange, visit: impl Visit) -> Result<(), StorageError>;
 }
 
