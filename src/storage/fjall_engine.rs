@@ -191,7 +191,36 @@ fn drop_versions_keyspace(db: &Database) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::codec::{encode_record, record_key};
     use crate::storage::store::test_options;
+    use crate::storage::{test_record, test_store, Storage};
+
+    /// Data directories written before the seam hold these keyspaces and bytes: a store
+    /// must keep writing exactly them.
+    #[tokio::test]
+    async fn records_land_in_the_keyspaces_and_layout_of_existing_data_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, record) = (bytes::Bytes::from_static(b"k"), test_record(7, Some(b"v")));
+        {
+            let store = test_store(dir.path());
+            store.apply(key.clone(), record.clone()).await.unwrap();
+            store
+                .store_hint("n2".into(), key.clone(), record.clone())
+                .await
+                .unwrap();
+            store.apply(key.clone(), test_record(8, None)).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let db = Database::builder(dir.path()).open().unwrap();
+        let open = |name: &str| {
+            assert!(db.keyspace_exists(name), "keyspace {name}");
+            db.keyspace(name, KeyspaceCreateOptions::default).unwrap()
+        };
+        let stored = open("records").get(record_key(&key)).unwrap();
+        assert_eq!(stored.as_deref(), Some(&encode_record(&test_record(8, None))[..]));
+        assert_eq!(open("hints").len().unwrap(), 1);
+        assert!(open("tombstones").get(record_key(&key)).unwrap().is_some());
+    }
 
     #[test]
     fn a_versions_keyspace_of_an_older_store_is_dropped() {
