@@ -2,16 +2,26 @@
 //!
 //! [`Storage`] is what the node needs from its disk: records with compare-and-write
 //! (atomic per key), scans of a hash range for anti-entropy, hints held for other nodes,
-//! tombstones and their purge. [`FjallStorage`] implements it on fjall; the Merkle trees
-//! of the data ([`Forest`]) are kept up to date by the same code that writes the records,
-//! so they never disagree.
+//! tombstones and their purge. [`Store`] implements it once, over a narrow [`Engine`]
+//! (ordered keyspaces with atomic batches): [`FjallEngine`] on disk, as the node runs
+//! ([`FjallStorage`]), or [`MemEngine`] in memory, which can be told to crash. The Merkle
+//! trees of the data ([`Forest`]) are kept up to date by the same code that writes the
+//! records, so they never disagree.
 
 mod codec;
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+mod crash_tests;
 mod disk;
-mod fjall_store;
+mod engine;
+mod fjall_engine;
 mod forest;
+mod mem_engine;
 mod relay;
+mod store;
 mod version_index;
+mod workers;
 mod writer;
 
 use std::collections::HashMap;
@@ -24,10 +34,13 @@ use quorumkv_client::Version;
 use crate::metrics::CommitMetrics;
 
 pub use codec::{decode_record, encode_record};
-#[cfg(test)]
-pub(crate) use fjall_store::test_store;
-pub use fjall_store::{FjallStorage, StoreOptions};
+pub use engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit};
+pub use fjall_engine::{FjallEngine, FjallStorage};
 pub use forest::Forest;
+pub use mem_engine::MemEngine;
+#[cfg(test)]
+pub(crate) use store::test_store;
+pub use store::{Store, StoreOptions};
 
 /// The result of a compare-and-write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,12 +2,12 @@
 //!
 //! Every change to the records, hints and tombstones goes through this thread. It drains
 //! whatever operations are queued, decides each one against the stored state (and the
-//! earlier operations of the same batch), writes the outcome as one fjall batch and, in
+//! earlier operations of the same batch), writes the outcome as one [`Engine`] batch and, in
 //! `sync` mode, makes that batch durable with one fdatasync before anyone is answered
 //! (one fsync per write measured ~6.5k writes/s here; batches of 64 ~114k/s). Stored
 //! versions come from the in-memory [`VersionIndex`], with the earlier operations of the
 //! batch on top. After the commit the batch's outcomes are published to the index and
-//! its Merkle deltas folded into the [`Forest`]. A failed commit poisons fjall: the store
+//! its Merkle deltas folded into the [`Forest`]. A failed commit poisons the store: it
 //! then refuses everything and the node must stop. Each commit's size (operations
 //! answered) and duration (fdatasync included) go to [`CommitMetrics`].
 
@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use quorumkv_client::clock::Clock;
 use quorumkv_client::wire::Record;
 use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
+use super::engine::{Engine, EngineBatch, Persist, Space};
 use super::relay::{Deliver, Relay};
 use super::version_index::{DigestBuild, KeyId, Lookup, RecordState, VersionIndex};
 use super::{next_batch, Applied, Completion, Forest, HintStored, StorageError};
@@ -81,14 +81,16 @@ impl WriteOp {
 }
 
 /// The keyspaces and shared state the writer works on.
-pub struct Writer {
-    pub db: Database,
-    pub records: Keyspace,
-    pub hints: Keyspace,
-    pub tombstones: Keyspace,
-    pub persist: PersistMode,
+pub struct Writer<E: Engine> {
+    /// Where the records, hints and tombstones are kept.
+    pub engine: E,
+    /// Whether a commit waits for the disk (sync mode) or not (periodic mode).
+    pub persist: Persist,
+    /// Set at the first failed commit: the store refuses everything after it.
     pub poisoned: Arc<AtomicBool>,
+    /// The Merkle trees, folded each batch's deltas after its commit.
     pub forest: Arc<Forest>,
+    /// Stamps the arrival time of tombstones.
     pub clock: Arc<dyn Clock>,
     /// Hints held per owner (kept in step with the hints keyspace).
     pub hint_counts: Arc<Mutex<HashMap<String, u64>>>,
@@ -103,8 +105,9 @@ pub struct Writer {
 }
 
 /// State of one batch being built.
-struct Batch {
-    batch: OwnedWriteBatch,
+struct Batch<B> {
+    /// The engine's batch.
+    batch: B,
     /// Hint versions written earlier in this batch: hint key → version, `None` when removed.
     hints: HashMap<Vec<u8>, Option<Version>>,
     /// Record states decided in this batch, published to the index after the commit.
@@ -126,7 +129,7 @@ pub enum Answer {
     Purge(oneshot::Sender<Result<bool, StorageError>>, Result<bool, StorageError>),
 }
 
-impl Writer {
+impl<E: Engine> Writer<E> {
     /// Runs until every sender of `queue` is gone.
     pub fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
         while let Some(ops) = next_batch(&mut queue, MAX_BATCH) {
@@ -141,7 +144,7 @@ impl Writer {
         let mut ops: Vec<(Option<KeyId>, WriteOp)> = ops.into_iter().map(|op| (op.key().map(KeyId::of), op)).collect();
         ops.sort_by_key(|(id, _)| id.map_or(0, |id| id.hash));
         let mut batch = Batch {
-            batch: self.db.batch().durability(Some(self.persist)),
+            batch: self.engine.batch(),
             hints: HashMap::new(),
             states: HashMap::with_capacity_and_hasher(ops.len(), DigestBuild::default()),
             deltas: Vec::with_capacity(ops.len()),
@@ -152,14 +155,14 @@ impl Writer {
             .filter_map(|(id, op)| self.decide(op, id, &mut batch))
             .collect();
         let Batch {
-            batch: fjall_batch,
+            batch: engine_batch,
             states,
             deltas,
             hint_count_changes,
             ..
         } = batch;
         let begun = Instant::now();
-        let committed = fjall_batch.commit();
+        let committed = self.engine.commit(engine_batch, self.persist);
         if !answers.is_empty() {
             let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.commits.duration.observe(nanos);
@@ -177,7 +180,7 @@ impl Writer {
             Err(e) => {
                 self.poisoned.store(true, Ordering::Relaxed);
                 tracing::error!("storage commit failed; the node must stop: {e}");
-                let err = StorageError::Fatal(e.to_string());
+                let err = e;
                 self.relay
                     .send(answers.into_iter().map(|a| a.fail(err.clone())).collect());
             }
@@ -186,7 +189,7 @@ impl Writer {
 
     /// Decides one operation into `batch`; `None` for those nobody waits on.
     /// `id` is the id of the op's key, when it has one.
-    fn decide(&mut self, op: WriteOp, id: Option<KeyId>, batch: &mut Batch) -> Option<Answer> {
+    fn decide(&mut self, op: WriteOp, id: Option<KeyId>, batch: &mut Batch<E::Batch>) -> Option<Answer> {
         let answer = match op {
             WriteOp::Apply { key, record, done } => {
                 let id = id.unwrap_or_else(|| KeyId::of(&key));
@@ -221,7 +224,13 @@ impl Writer {
         Some(answer)
     }
 
-    fn apply(&mut self, id: KeyId, key: &[u8], record: &Record, batch: &mut Batch) -> Result<Applied, StorageError> {
+    fn apply(
+        &mut self,
+        id: KeyId,
+        key: &[u8],
+        record: &Record,
+        batch: &mut Batch<E::Batch>,
+    ) -> Result<Applied, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
         let old = self.record_state(id, &stored_key, batch)?;
         if let Some((current, _)) = old.filter(|(v, _)| *v >= record.version) {
@@ -233,14 +242,14 @@ impl Writer {
         let tombstone = record.is_tombstone();
         batch
             .batch
-            .insert(&self.records, stored_key.clone(), encode_record(record));
+            .insert(Space::Records, stored_key.clone(), encode_record(record));
         if tombstone {
             let arrived = self.clock.now_micros();
             batch
                 .batch
-                .insert(&self.tombstones, stored_key, encode_tombstone(record.version, arrived));
+                .insert(Space::Tombstones, stored_key, encode_tombstone(record.version, arrived));
         } else if old.is_some_and(|(_, was_tombstone)| was_tombstone) {
-            batch.batch.remove(&self.tombstones, stored_key);
+            batch.batch.remove(Space::Tombstones, stored_key);
         }
         let mut delta = entry_hash(key, record.version, tombstone);
         if let Some((old_version, old_tombstone)) = old {
@@ -254,13 +263,19 @@ impl Writer {
         })
     }
 
-    fn purge(&mut self, id: KeyId, key: &[u8], version: Version, batch: &mut Batch) -> Result<bool, StorageError> {
+    fn purge(
+        &mut self,
+        id: KeyId,
+        key: &[u8],
+        version: Version,
+        batch: &mut Batch<E::Batch>,
+    ) -> Result<bool, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
         if self.record_state(id, &stored_key, batch)? != Some((version, true)) {
             return Ok(false);
         }
-        batch.batch.remove(&self.records, stored_key.clone());
-        batch.batch.remove(&self.tombstones, stored_key);
+        batch.batch.remove(Space::Records, stored_key.clone());
+        batch.batch.remove(Space::Tombstones, stored_key);
         batch.deltas.push((id.hash, entry_hash(key, version, true)));
         batch.states.insert(id, None);
         Ok(true)
@@ -271,7 +286,7 @@ impl Writer {
         owner: &str,
         key: &[u8],
         record: &Record,
-        batch: &mut Batch,
+        batch: &mut Batch<E::Batch>,
     ) -> Result<HintStored, StorageError> {
         let stored_key = hint_key(owner, key);
         let old = self.hint_version(&stored_key, batch)?;
@@ -292,15 +307,21 @@ impl Writer {
         }
         batch
             .batch
-            .insert(&self.hints, stored_key.as_slice(), encode_record(record));
+            .insert(Space::Hints, stored_key.as_slice(), encode_record(record));
         batch.hints.insert(stored_key, Some(record.version));
         Ok(HintStored::Stored)
     }
 
-    fn remove_hint(&self, owner: &str, key: &[u8], version: Version, batch: &mut Batch) -> Result<(), StorageError> {
+    fn remove_hint(
+        &self,
+        owner: &str,
+        key: &[u8],
+        version: Version,
+        batch: &mut Batch<E::Batch>,
+    ) -> Result<(), StorageError> {
         let stored_key = hint_key(owner, key);
         if self.hint_version(&stored_key, batch)? == Some(version) {
-            batch.batch.remove(&self.hints, stored_key.as_slice());
+            batch.batch.remove(Space::Hints, stored_key.as_slice());
             batch.hints.insert(stored_key, None);
             batch.hint_count_changes.push((owner.to_string(), -1));
         }
@@ -309,14 +330,19 @@ impl Writer {
 
     /// The stored state of a record, including earlier operations of this batch: from
     /// the index, or (while it is still loading) from the record itself.
-    fn record_state(&self, id: KeyId, stored_key: &[u8], batch: &Batch) -> Result<Option<RecordState>, StorageError> {
+    fn record_state(
+        &self,
+        id: KeyId,
+        stored_key: &[u8],
+        batch: &Batch<E::Batch>,
+    ) -> Result<Option<RecordState>, StorageError> {
         if let Some(state) = batch.states.get(&id) {
             return Ok(*state);
         }
         if let Lookup::Known(state) = self.index.lookup(&id) {
             return Ok(state);
         }
-        let state = match self.records.get(stored_key).map_err(fatal)? {
+        let state = match self.engine.get(Space::Records, stored_key)? {
             Some(bytes) => Some(decode_header(&bytes)?),
             None => None,
         };
@@ -324,11 +350,11 @@ impl Writer {
         Ok(state)
     }
 
-    fn hint_version(&self, stored_key: &[u8], batch: &Batch) -> Result<Option<Version>, StorageError> {
+    fn hint_version(&self, stored_key: &[u8], batch: &Batch<E::Batch>) -> Result<Option<Version>, StorageError> {
         if let Some(state) = batch.hints.get(stored_key) {
             return Ok(*state);
         }
-        match self.hints.get(stored_key).map_err(fatal)? {
+        match self.engine.get(Space::Hints, stored_key)? {
             Some(bytes) => Ok(Some(decode_header(&bytes)?.0)),
             None => Ok(None),
         }
