@@ -3,7 +3,10 @@
 //!
 //! Ed25519 because its signatures are deterministic: ring signs ECDSA (the development
 //! CA's key type) with randomness from the OS, and the length of a DER ECDSA signature
-//! varies, so a seeded run's packet lengths, and with them its trace, would not repeat.
+//! varies by a byte or two. Today quinn pads the handshake datagrams that carry them to
+//! 1200 bytes, which hides that (a trial with ECDSA identities kept equal traces), but a
+//! larger certificate chain spilling into unpadded packets would not: with Ed25519 every
+//! handshake length repeats whatever the certificates.
 //! The keys themselves still come from the OS (rcgen), so runs that must compare their
 //! traces share one [`SimIdentities`].
 
