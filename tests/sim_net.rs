@@ -82,6 +82,12 @@ fn client(net: &SimNetwork, ids: &SimIdentities, seed: u64) -> Endpoint {
     quic::endpoint(net, addr(CLIENT), seed, ids.get("client").expect("client"), false).expect("client")
 }
 
+/// Dials the node and completes the handshake.
+async fn connect(client: &Endpoint) -> quinn::Connection {
+    let connecting = client.connect(addr(SERVER), NODE).expect("connect");
+    connecting.await.expect("handshake")
+}
+
 async fn request(conn: &quinn::Connection, message: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
     send.write_all(message).await.expect("write");
@@ -93,11 +99,7 @@ async fn request(conn: &quinn::Connection, message: &[u8]) -> Vec<u8> {
 async fn exchange(net: &SimNetwork, ids: &SimIdentities, seed: u64, count: u32, every: Duration) -> Vec<String> {
     let _server = echo_server(net, ids, seed);
     let client = client(net, ids, seed.wrapping_add(1));
-    let conn = client
-        .connect(addr(SERVER), NODE)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let conn = connect(&client).await;
     let start = Instant::now();
     let mut answers = Vec::new();
     for i in 0..count {
@@ -150,11 +152,7 @@ async fn a_one_way_cut_times_the_connection_out_in_simulated_time_and_healing_re
     let ids = identities();
     let _server = echo_server(&net, &ids, 3);
     let client = client(&net, &ids, 4);
-    let conn = client
-        .connect(addr(SERVER), NODE)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let conn = connect(&client).await;
     assert_eq!(request(&conn, b"before").await, b"echo:before");
 
     net.cut(addr(SERVER), addr(CLIENT));
@@ -174,11 +172,7 @@ async fn a_one_way_cut_times_the_connection_out_in_simulated_time_and_healing_re
     assert!(net.count(TraceKind::Cut) > 0, "the cut dropped nothing");
 
     net.heal(addr(SERVER), addr(CLIENT));
-    let conn = client
-        .connect(addr(SERVER), NODE)
-        .expect("connect")
-        .await
-        .expect("handshake after heal");
+    let conn = connect(&client).await;
     assert_eq!(request(&conn, b"after").await, b"echo:after");
 }
 
