@@ -10,7 +10,8 @@
 //! [`cli`] (its log output in [`logging`], `quorumkv up`'s node processes in [`local`]),
 //! certificates for real clusters in [`certs`],
 //! the load generator in [`mod@bench`], fault injection for tests in [`faults`] and the
-//! history checker of the fault suite in [`history`].
+//! history checker of the fault suite in [`history`], the deterministic simulator's
+//! network and QUIC endpoints in [`sim`].
 //! Everything clients and nodes share (messages, ring, versions, TLS) is in the
 //! `quorumkv-client` crate.
 
@@ -34,6 +35,7 @@ pub mod peer;
 pub mod pki;
 pub mod replica;
 pub mod server;
+pub mod sim;
 pub mod status;
 pub mod storage;
 pub mod tombstones;

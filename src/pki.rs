@@ -201,7 +201,7 @@ pub struct LeafSpec<'a> {
 
 impl<'a> LeafSpec<'a> {
     /// A development certificate: nodes also carry `localhost`.
-    fn new(name: &'a str, role: Role) -> Self {
+    pub(crate) fn new(name: &'a str, role: Role) -> Self {
         let extra_names = match role {
             Role::Node => vec!["localhost".to_string()],
             Role::Client => Vec::new(),
@@ -219,6 +219,18 @@ impl<'a> LeafSpec<'a> {
 /// dial each other too) and carries the node role marker; a client's only authenticates
 /// a client.
 pub(crate) fn leaf(spec: &LeafSpec<'_>, ca: &Certificate, ca_key: &KeyPair) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let cert = leaf_signed(spec, &key, ca, ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The certificate [`leaf`] makes for `spec`, for the given key.
+pub(crate) fn leaf_signed(
+    spec: &LeafSpec<'_>,
+    key: &KeyPair,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<Certificate, rcgen::Error> {
     let (mut names, usages) = match spec.role {
         Role::Node => (
             vec![spec.name.to_string(), SEED_SERVER_NAME.to_string()],
@@ -234,9 +246,7 @@ pub(crate) fn leaf(spec: &LeafSpec<'_>, ca: &Certificate, ca_key: &KeyPair) -> R
         params.not_before = not_before;
         params.not_after = not_after;
     }
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, ca, ca_key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    params.signed_by(key, ca, ca_key)
 }
 
 /// Writes `files` into a temporary sibling of `target` and renames it into place; private

@@ -114,10 +114,21 @@ impl TlsIdentity {
 
     /// QUIC client configuration speaking the protocol named by `alpn`.
     pub fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
-            .build()
-            .map_err(config_error)?;
-        let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        self.client_config_with(alpn, provider())
+    }
+
+    /// QUIC client configuration speaking `alpn`, its cryptography (and randomness) from
+    /// `provider`: the simulator passes one whose random source is seeded.
+    pub fn client_config_with(
+        &self,
+        alpn: &[u8],
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(config_error)?;
+        let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
             .dangerous()
@@ -134,10 +145,33 @@ impl TlsIdentity {
     /// QUIC server configuration: require a client certificate signed by the CA; speak
     /// the client and the node-to-node protocols.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
-            .build()
-            .map_err(config_error)?;
-        let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = quinn::ServerConfig::with_crypto(self.server_crypto(provider())?);
+        config.transport_config(transport_config());
+        Ok(config)
+    }
+
+    /// [`server_config`](Self::server_config) with its cryptography from `provider` and
+    /// the given handshake-token key (quinn draws one from the OS otherwise): the
+    /// simulator passes seeded ones.
+    pub fn server_config_with(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
+    ) -> Result<quinn::ServerConfig, TlsError> {
+        let mut config = quinn::ServerConfig::new(self.server_crypto(provider)?, token_key);
+        config.transport_config(transport_config());
+        Ok(config)
+    }
+
+    fn server_crypto(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(config_error)?;
+        let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
             .with_client_cert_verifier(verifier)
@@ -145,9 +179,7 @@ impl TlsIdentity {
             .map_err(config_error)?;
         crypto.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec(), PEER_ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(config_error)?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        config.transport_config(transport_config());
-        Ok(config)
+        Ok(Arc::new(quic))
     }
 }
 
