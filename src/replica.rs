@@ -72,9 +72,23 @@ impl Replica {
             } => self.put_hint(epoch, owner, key, record).await,
             Request::Members => Ok(self.members()),
             Request::Status => Ok(Response::Status(self.ctx.status())),
-            Request::StatusSummary { partitions } => Ok(Response::StatusSummary(self.ctx.summary(partitions))),
+            Request::StatusSummary { partitions } => self.summary(partitions).await,
         };
         result.unwrap_or_else(Response::Error)
+    }
+
+    /// This node's summary, built off the runtime: it reads the store's files (disk bytes).
+    async fn summary(&self, partitions: bool) -> Result<Response, ErrorReply> {
+        let ctx = self.ctx.clone();
+        match tokio::task::spawn_blocking(move || ctx.summary(partitions)).await {
+            Ok(summary) => Ok(Response::StatusSummary(summary)),
+            Err(e) if e.is_cancelled() => Err(reply(ErrorKind::ShuttingDown, "the node is shutting down".into())),
+            // Only a panic while reading the store's usage gets here.
+            Err(e) => Err(reply(
+                ErrorKind::Storage,
+                format!("reading the store's usage failed: {e}"),
+            )),
+        }
     }
 
     /// The cluster's description with the members this node's failure detector holds as
