@@ -15,10 +15,11 @@
 //! after them only when stdout is a terminal (`values`).
 //!
 //! A client command is bounded by its request timeout (`--timeout-ms`, else cluster.toml's
-//! `[defaults] timeout_ms`): finding the cluster asks every seed at once within it, the
-//! members the answering seed sees down get no request (their writes go to a fallback as
-//! hints), and before exiting the command waits for its remaining sends only for what is
-//! left of that timeout.
+//! `[defaults] timeout_ms`), applied to each of its two steps: finding the cluster asks
+//! every seed at once within it, then the request gets it. The members the answering
+//! seed sees down get no request (their writes go to a fallback as hints), and before
+//! exiting the command waits for its remaining sends only for what is left of the
+//! request's timeout.
 
 mod exit;
 mod values;
@@ -132,8 +133,8 @@ struct WriteArgs {
     /// Acknowledgements to wait for (default from cluster.toml).
     #[arg(long)]
     w: Option<usize>,
-    /// Request timeout in milliseconds, finding the cluster included (default from
-    /// cluster.toml).
+    /// Request timeout in milliseconds, also the limit for finding the cluster (default
+    /// from cluster.toml).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Let acknowledgements of hints held by fallback nodes count toward --w.
@@ -151,8 +152,8 @@ struct ReadArgs {
     /// Answers to wait for (default from cluster.toml).
     #[arg(long)]
     r: Option<usize>,
-    /// Request timeout in milliseconds, finding the cluster included (default from
-    /// cluster.toml).
+    /// Request timeout in milliseconds, also the limit for finding the cluster (default
+    /// from cluster.toml).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Read repair of stale replicas: after the read (background), before it (blocking), or off.
