@@ -1,6 +1,7 @@
-//! Power cuts on the memory engine: what a synced commit promised survives, what was
-//! only buffered is lost, and the store restarted on what survived rebuilds its version
-//! index, Merkle trees and hint counts from it alone.
+//! Power cuts and a dying disk on the memory engine: what a synced commit promised
+//! survives, what was only buffered is lost, and the store restarted on what survived
+//! rebuilds its version index, Merkle trees and hint counts from it alone; a failed
+//! commit poisons the store and leaves nothing of its batch behind.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use quorumkv_client::wire::Record;
 use quorumkv_client::Version;
 
 use super::store::test_options;
-use super::{test_record as record, MemEngine, Storage, Store, StoreOptions};
+use super::{test_record as record, MemEngine, Storage, StorageError, Store, StoreOptions};
 use crate::config::DurabilityMode;
 
 /// A periodic fsync interval no test lives to see: only `flush` syncs.
@@ -111,5 +112,38 @@ async fn in_sync_mode_every_acknowledged_write_survives_a_power_cut() {
     for (i, key) in keys.iter().enumerate() {
         let found = store.get(key.clone()).await.unwrap();
         assert_eq!(found, Some(record(i as u64 + 1, Some(b"v"))), "{key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_poisons_the_store_and_leaves_nothing_of_its_batch() {
+    let engine = MemEngine::new();
+    let store = start(engine.clone(), test_options());
+    write(&store, "kept", record(10, Some(b"v"))).await;
+    let before = roots(&store);
+    engine.fail_from_now(true);
+    // Queued together, so that one commit carries both (and fails for both).
+    let (new, newer) = tokio::join!(
+        store.apply(key("lost"), record(20, Some(b"x"))),
+        store.apply(key("kept"), record(21, Some(b"w")))
+    );
+    for failed in [new, newer] {
+        assert!(matches!(failed, Err(StorageError::Fatal(_))), "{failed:?}");
+    }
+    assert!(store.is_poisoned());
+    let refused = store.get(key("kept")).await;
+    assert!(matches!(refused, Err(StorageError::Fatal(_))), "{refused:?}");
+    let hint = store.store_hint("n2".into(), key("h"), record(22, None)).await;
+    assert!(matches!(hint, Err(StorageError::Fatal(_))), "{hint:?}");
+    assert_eq!(roots(&store), before, "the trees did not take the failed batch");
+    drop(store);
+
+    engine.fail_from_now(false);
+    for disk in [engine.clone(), engine.crash()] {
+        let store = start(disk, test_options());
+        wait_rebuilt(&store).await;
+        assert_eq!(store.get(key("kept")).await.unwrap(), Some(record(10, Some(b"v"))));
+        assert_eq!(store.get(key("lost")).await.unwrap(), None);
+        assert_eq!(roots(&store), before);
     }
 }

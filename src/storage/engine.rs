@@ -4,9 +4,11 @@
 //! Merkle deltas, group commit) lives above this trait, written once ([`super::Store`]);
 //! an engine only keeps ordered key/value pairs in a few named keyspaces. Two engines
 //! implement it: [`super::FjallEngine`] on disk and [`super::MemEngine`] in memory, which
-//! can be told to crash. The trait is synchronous: the store's own threads call it, and
-//! fjall's calls block. The store is generic over it (no `dyn`), so the seam costs the
-//! fjall path nothing.
+//! can be told to crash. The trait is synchronous; the engine says how the store runs
+//! its work ([`Engine::WORK`]): fjall's calls block, so the store's own threads and tokio's
+//! blocking pool call it; the memory engine's never do, so the store runs as tasks on the
+//! runtime that started it (the simulation's). The store is generic over it (no `dyn`),
+//! so the seam, and that choice, cost the fjall path nothing.
 //!
 //! Keys and values are fjall's [`Slice`] (a reference-counted byte view): the codec builds
 //! them once and handing them to fjall copies nothing; the memory engine keeps them as
@@ -92,8 +94,24 @@ pub trait ReadView: Send + 'static {
     fn scan(&self, space: Space, range: KeyRange, visit: impl Visit) -> Result<(), StorageError>;
 }
 
+/// How a store runs its work on an engine: its loops (writer, reader, rebuild, periodic
+/// fsync) and its scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// The engine's calls block on a disk: each loop gets an OS thread, scans run on
+    /// tokio's blocking pool, so the runtime's thread never waits for the disk.
+    Threads,
+    /// The engine's calls never block: each loop is a task on the runtime current when
+    /// the store starts and scans run on the caller's task, so a current-thread runtime
+    /// with a paused clock (the simulation) sees, orders and times all of it.
+    Tasks,
+}
+
 /// Ordered keyspaces with atomic batches. A handle: clones share the same data.
 pub trait Engine: ReadView + Clone + Sync {
+    /// How the store runs its work on this engine (a constant: the store's choice is
+    /// made at compile time).
+    const WORK: Work;
     /// A batch being built.
     type Batch: EngineBatch;
     /// A frozen view of everything committed when it was taken.

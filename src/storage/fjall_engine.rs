@@ -12,9 +12,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use quorumkv_client::clock::Clock;
 
 use super::disk::allocated_bytes;
-use super::engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit};
+use super::engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit, Work};
 use super::store::{Store, StoreOptions};
-use super::writer::fatal;
 use super::StorageError;
 
 /// fjall's background threads (memtable flushes and compactions). One: with more, fjall
@@ -35,6 +34,11 @@ impl Store<FjallEngine> {
         let engine = FjallEngine::open(dir, &options)?;
         Store::start(engine, options, clock)
     }
+}
+
+/// An error of fjall: the disk failed, the store must stop.
+fn fatal(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Fatal(e.to_string())
 }
 
 /// fjall keyspaces behind the [`Engine`] seam.
@@ -125,6 +129,8 @@ impl ReadView for FjallEngine {
 impl Engine for FjallEngine {
     type Batch = FjallBatch;
     type Snapshot = FjallSnapshot;
+    /// fjall's calls read and fsync files: they block.
+    const WORK: Work = Work::Threads;
 
     fn batch(&self) -> FjallBatch {
         FjallBatch {

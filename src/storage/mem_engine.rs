@@ -5,16 +5,18 @@
 //! of an imaginary disk until the next synced commit or [`Engine::sync`], which makes it
 //! and everything committed before it durable (like fjall's journal, synced in order).
 //! [`MemEngine::crash`] gives the state a power cut would leave: the durable maps only.
+//! [`MemEngine::fail_from_now`] makes it a dying disk: every commit and sync fails with an
+//! I/O error and changes nothing, while reads still see what was committed before.
 //!
 //! It is deterministic: no clock, no threads, no randomness; every call finishes before
-//! it returns. A mutex makes it shareable by the store's threads; nothing ever waits on
-//! it for long.
+//! it returns, so the store runs its work on it as tasks ([`Work::Tasks`]). A mutex makes
+//! it shareable by clones; nothing ever waits on it for long.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit};
+use super::engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit, Work};
 use super::StorageError;
 
 /// Pairs a live scan copies out per lock (see [`MemEngine`]'s `scan`).
@@ -35,6 +37,8 @@ struct State {
     durable: Spaces,
     /// Changes committed since the last sync, in commit order (not yet in `durable`).
     unsynced: Vec<Change>,
+    /// Whether the disk is failing: commits and syncs return an error.
+    failing: bool,
 }
 
 /// Keyspaces in memory; clones share them.
@@ -51,17 +55,27 @@ impl MemEngine {
 
     /// What a power cut would leave now: a new engine holding only the synced data.
     /// This engine and its clones are unaffected (a store still running on them is the
-    /// node that lost power; drop it).
+    /// node that lost power; drop it). The new engine works even if this one was
+    /// failing: the restarted node reads what its disk kept (tell it to fail again to
+    /// model a disk that stays broken).
     pub fn crash(&self) -> MemEngine {
         let durable = self.lock().durable.clone();
         let state = State {
             live: durable.clone(),
             durable,
             unsynced: Vec::new(),
+            failing: false,
         };
         MemEngine {
             state: Arc::new(Mutex::new(state)),
         }
+    }
+
+    /// From now on, every commit and sync of this engine and its clones fails with an
+    /// I/O error and changes nothing (`true`), as on a dying disk, or works again
+    /// (`false`). Reads keep working. A store on it poisons itself at the first failure.
+    pub fn fail_from_now(&self, failing: bool) {
+        self.lock().failing = failing;
     }
 
     /// Changes committed but not yet synced (a power cut now would lose them).
@@ -71,6 +85,18 @@ impl MemEngine {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// The error of `what` on a failing disk; `Ok` on a working one.
+    fn check_disk(&self, what: &str) -> Result<(), StorageError> {
+        if self.failing {
+            return Err(StorageError::Fatal(format!(
+                "{what} failed: input/output error (the memory engine was told to fail)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -168,6 +194,8 @@ impl ReadView for MemEngine {
 impl Engine for MemEngine {
     type Batch = MemBatch;
     type Snapshot = MemSnapshot;
+    /// Nothing here blocks: the store's loops are tasks on the simulation's runtime.
+    const WORK: Work = Work::Tasks;
 
     fn batch(&self) -> MemBatch {
         MemBatch::default()
@@ -175,6 +203,7 @@ impl Engine for MemEngine {
 
     fn commit(&self, batch: MemBatch, persist: Persist) -> Result<(), StorageError> {
         let mut state = self.lock();
+        state.check_disk("commit")?;
         for change in &batch.changes {
             apply(&mut state.live, change.clone());
         }
@@ -196,7 +225,9 @@ impl Engine for MemEngine {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        sync_state(&mut self.lock());
+        let mut state = self.lock();
+        state.check_disk("sync")?;
+        sync_state(&mut state);
         Ok(())
     }
 
@@ -251,6 +282,26 @@ mod tests {
         engine.sync().unwrap();
         assert_eq!(keys(&engine.crash()), [b"a", b"b", b"c"]);
         assert_eq!(keys(&crashed), [b"a", b"b"], "a crashed engine is independent");
+    }
+
+    #[test]
+    fn a_failing_engine_refuses_commits_and_syncs_and_changes_nothing() {
+        let engine = MemEngine::new();
+        put(&engine, b"a", Persist::Buffer);
+        engine.clone().fail_from_now(true);
+        let mut batch = engine.batch();
+        batch.insert(Space::Records, &b"b"[..], &b"b"[..]);
+        assert!(matches!(
+            engine.commit(batch, Persist::Sync),
+            Err(StorageError::Fatal(_))
+        ));
+        assert!(matches!(engine.sync(), Err(StorageError::Fatal(_))));
+        assert_eq!(keys(&engine), [b"a"], "reads still work; the failed batch is not there");
+        assert_eq!(engine.unsynced(), 1, "the failed sync made nothing durable");
+        assert_eq!(keys(&engine.crash()), Vec::<Vec<u8>>::new());
+        engine.fail_from_now(false);
+        put(&engine, b"b", Persist::Sync);
+        assert_eq!(keys(&engine.crash()), [b"a", b"b"], "a healed disk works again");
     }
 
     #[test]

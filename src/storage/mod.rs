@@ -14,12 +14,15 @@ mod conformance;
 #[cfg(test)]
 mod crash_tests;
 mod disk;
+mod drive;
 mod engine;
 mod fjall_engine;
 mod forest;
 mod mem_engine;
 mod relay;
 mod store;
+#[cfg(test)]
+mod task_tests;
 mod version_index;
 mod workers;
 mod writer;
@@ -34,7 +37,7 @@ use quorumkv_client::Version;
 use crate::metrics::CommitMetrics;
 
 pub use codec::{decode_record, encode_record};
-pub use engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit};
+pub use engine::{Engine, EngineBatch, KeyRange, Persist, ReadView, Scan, Slice, Space, Visit, Work};
 pub use fjall_engine::{FjallEngine, FjallStorage};
 pub use forest::Forest;
 pub use mem_engine::MemEngine;
@@ -175,23 +178,6 @@ pub(crate) fn test_record(micros: u64, value: Option<&'static [u8]>) -> Record {
         version: Version { micros, writer: 1 },
         value: value.map(Bytes::from_static),
     }
-}
-
-/// A storage thread's next unit of work: blocks for one queued operation, then takes
-/// whatever else is already queued, up to `max`. `None` once every sender is gone.
-fn next_batch<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
-    let first = queue.blocking_recv()?;
-    // Sized for what is queued now: growing it one push at a time reallocated ~6 times
-    // per batch, ~2% of the writer thread.
-    let mut batch = Vec::with_capacity((queue.len() + 1).min(max));
-    batch.push(first);
-    while batch.len() < max {
-        match queue.try_recv() {
-            Ok(op) => batch.push(op),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
 }
 
 /// What the node needs from its storage.

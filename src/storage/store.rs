@@ -8,14 +8,15 @@
 //! takes versions from the in-memory [`VersionIndex`], so a write is one fjall
 //! insert (a separate `versions` keyspace, written with every record so that scans could
 //! skip values, cost ~20% of the nodes' CPU per write; stores that still have it drop it
-//! at open). Writes go through the writer thread ([`super::writer`]), point reads through
-//! one reader thread, version-only reads are answered from the index on the caller's
-//! thread (the reader only while the index still loads), and scans (anti-entropy,
-//! hints, tombstones) run on blocking threads. At open a snapshot is taken before the
-//! writer starts, and a scan of it rebuilds the Merkle trees and the version index while
-//! the node already serves: live writes fold their deltas into the same trees, which is
-//! exact because XOR updates commute. In `periodic` mode a timer thread fsyncs every
-//! interval.
+//! at open). Writes go through the writer ([`super::writer`]), point reads through one
+//! reader, version-only reads are answered from the index on the caller's thread (the
+//! reader only while the index still loads), and scans (anti-entropy, hints,
+//! tombstones) run on blocking threads. At open a snapshot is taken before the writer
+//! starts, and a scan of it rebuilds the Merkle trees and the version index while the
+//! node already serves: live writes fold their deltas into the same trees, which is
+//! exact because XOR updates commute. In `periodic` mode a timer fsyncs every interval.
+//! On the memory engine ([`Work::Tasks`]) the writer, reader, rebuild and timer are
+//! tasks instead of threads and scans run on the caller's task (see [`super::drive`]).
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -31,10 +32,11 @@ use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode_header, decode_record, decode_tombstone, hint_prefix, record_key, split_record_key};
-use super::engine::{Engine, Persist, Scan, Space};
+use super::drive::Driver;
+use super::engine::{Engine, Persist, Scan, Space, Work};
 use super::relay::Relay;
 use super::version_index::{KeyId, Lookup, VersionIndex};
-use super::workers::{count_hints, spawn_periodic_sync, spawn_reader, spawn_rebuild, spawn_thread, ReadOp};
+use super::workers::{count_hints, start_periodic_sync, start_reader, ReadOp, Rebuild};
 use super::writer::{WriteOp, Writer};
 use super::{
     Applied, Callback, Completion, Entry, EntryPage, Forest, HintStored, Storage, StorageError, StorageUsage, Tombstone,
@@ -74,8 +76,8 @@ pub struct Store<E: Engine> {
     pub(crate) index: Arc<VersionIndex>,
     /// Set at the first fatal error.
     poisoned: Arc<AtomicBool>,
-    /// Tells the periodic fsync thread to stop.
-    stop_periodic: Arc<AtomicBool>,
+    /// Dropped with the store, which tells the periodic fsync to stop.
+    _stop_periodic: oneshot::Sender<()>,
     /// The Merkle trees of the records, kept by the writer.
     forest: Arc<Forest>,
     /// Hints held per owner, kept by the writer.
@@ -85,17 +87,19 @@ pub struct Store<E: Engine> {
 }
 
 impl<E: Engine> Store<E> {
-    /// Starts the store on `engine`: its writer and reader threads, the tree rebuild and,
-    /// in periodic mode, the fsync timer. Must run inside the tokio runtime that will
-    /// wait for its answers.
+    /// Starts the store on `engine`: its writer and reader, the tree rebuild and, in
+    /// periodic mode, the fsync timer (threads or tasks, as [`Engine::WORK`] says). Must
+    /// run inside the tokio runtime that will wait for its answers (and, for tasks, run
+    /// them).
     pub fn start(engine: E, options: StoreOptions, clock: Arc<dyn Clock>) -> Result<Store<E>, StorageError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StorageError::Fatal("the store must be opened inside a tokio runtime".into()))?;
+        let driver = Driver::new(E::WORK, runtime.clone());
         let forest = Arc::new(Forest::new(options.partitions));
         let hint_counts = Arc::new(Mutex::new(count_hints(&engine)?));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         // Taken before the writer starts: every later write is a delta on top of it.
-        spawn_rebuild(engine.snapshot(), forest.clone(), tx.clone())?;
+        driver.rebuild(Rebuild::new(engine.snapshot(), forest.clone()), tx.clone())?;
         let poisoned = Arc::new(AtomicBool::new(false));
         let index = Arc::new(VersionIndex::loading());
         let commits = Arc::new(CommitMetrics::default());
@@ -114,12 +118,12 @@ impl<E: Engine> Store<E> {
             commits: commits.clone(),
             relay: Relay::spawn(&runtime),
         };
-        let reads = spawn_reader(engine.clone(), Relay::spawn(&runtime))?;
-        spawn_thread("storage-writer", move || writer.run(rx))?;
-        let stop_periodic = Arc::new(AtomicBool::new(false));
+        let reads = start_reader(&driver, engine.clone(), Relay::spawn(&runtime))?;
+        writer.start(&driver, rx)?;
+        let (stop_periodic, stop) = oneshot::channel();
         if options.durability == DurabilityMode::Periodic {
             let engine = engine.clone();
-            spawn_periodic_sync(engine, options.interval, poisoned.clone(), stop_periodic.clone())?;
+            start_periodic_sync(&driver, engine, options.interval, poisoned.clone(), stop)?;
         }
         Ok(Store {
             engine,
@@ -127,7 +131,7 @@ impl<E: Engine> Store<E> {
             reads,
             index,
             poisoned,
-            stop_periodic,
+            _stop_periodic: stop_periodic,
             forest,
             hint_counts,
             commits,
@@ -189,20 +193,20 @@ impl<E: Engine> Store<E> {
         }
     }
 
+    /// Runs `work` (a scan or an fsync) where the engine allows: on tokio's blocking
+    /// pool for an engine that blocks, on the caller's task for one that never does
+    /// (the choice is a constant, resolved at compile time).
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
         self.check()?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| StorageError::Fatal(e.to_string()))?
-    }
-}
-
-impl<E: Engine> Drop for Store<E> {
-    fn drop(&mut self) {
-        self.stop_periodic.store(true, Ordering::Relaxed);
+        match E::WORK {
+            Work::Threads => tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| StorageError::Fatal(e.to_string()))?,
+            Work::Tasks => work(),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The single storage writer thread: compare-and-write, group commit and tree upkeep.
+//! The single storage writer: compare-and-write, group commit and tree upkeep.
 //!
-//! Every change to the records, hints and tombstones goes through this thread. It drains
+//! Every change to the records, hints and tombstones goes through this loop (a thread on
+//! fjall, a task on the memory engine: see [`super::drive`]). It drains
 //! whatever operations are queued, decides each one against the stored state (and the
 //! earlier operations of the same batch), writes the outcome as one [`Engine`] batch and, in
 //! `sync` mode, makes that batch durable with one fdatasync before anyone is answered
@@ -23,10 +24,11 @@ use quorumkv_client::Version;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode_header, encode_record, encode_tombstone, hashed_record_key, hint_key};
+use super::drive::Driver;
 use super::engine::{Engine, EngineBatch, Persist, Space};
 use super::relay::{Deliver, Relay};
 use super::version_index::{DigestBuild, KeyId, Lookup, RecordState, VersionIndex};
-use super::{next_batch, Applied, Completion, Forest, HintStored, StorageError};
+use super::{Applied, Completion, Forest, HintStored, StorageError};
 use crate::merkle::{entry_hash, Hash};
 use crate::metrics::CommitMetrics;
 
@@ -130,11 +132,9 @@ pub enum Answer {
 }
 
 impl<E: Engine> Writer<E> {
-    /// Runs until every sender of `queue` is gone.
-    pub fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
-        while let Some(ops) = next_batch(&mut queue, MAX_BATCH) {
-            self.commit(ops);
-        }
+    /// Starts the writer loop on `queue`; it runs until every sender is gone.
+    pub fn start(mut self, driver: &Driver, queue: mpsc::Receiver<WriteOp>) -> Result<(), StorageError> {
+        driver.serve("storage-writer", queue, MAX_BATCH, move |ops| self.commit(ops))
     }
 
     fn commit(&mut self, ops: Vec<WriteOp>) {
@@ -154,6 +154,10 @@ impl<E: Engine> Writer<E> {
             .into_iter()
             .filter_map(|(id, op)| self.decide(op, id, &mut batch))
             .collect();
+        if answers.is_empty() {
+            // Only index loading: the batch holds no change, and the disk is not touched.
+            return;
+        }
         let Batch {
             batch: engine_batch,
             states,
@@ -163,11 +167,9 @@ impl<E: Engine> Writer<E> {
         } = batch;
         let begun = Instant::now();
         let committed = self.engine.commit(engine_batch, self.persist);
-        if !answers.is_empty() {
-            let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.commits.duration.observe(nanos);
-            self.commits.records.observe(answers.len() as u64);
-        }
+        let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.commits.duration.observe(nanos);
+        self.commits.records.observe(answers.len() as u64);
         match committed {
             Ok(()) => {
                 for (id, state) in states {
@@ -395,8 +397,4 @@ impl Answer {
             Answer::Purge(tx, _) => Answer::Purge(tx, Err(err)),
         }
     }
-}
-
-pub fn fatal(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Fatal(e.to_string())
 }
