@@ -1,7 +1,8 @@
 //! The store on the memory engine runs entirely on the runtime that started it, as the
 //! simulation needs: on a current-thread runtime with a paused clock, every engine call
 //! (writer, reader, scans, rebuild, periodic fsync) happens on the test's own thread, in
-//! the same order on every run, and periodic fsyncs happen at simulated times.
+//! the same order on every run, periodic fsyncs happen at simulated times, and its tasks
+//! end when it is dropped.
 
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
@@ -147,6 +148,12 @@ async fn a_node_life(engine: MemEngine) -> Vec<(&'static str, bool)> {
     assert_eq!(roots(&store), live, "the rebuilt trees describe what was synced");
     assert_eq!(store.get(key(0)).await.unwrap(), Some(record(KEYS + 1, None)));
     drop(store);
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let start = tokio::time::Instant::now();
+    while runtime.num_alive_tasks() > 0 {
+        assert!(start.elapsed() < INTERVAL * 10, "the store's tasks end with it");
+        tokio::time::sleep(POLL).await;
+    }
     let calls = trace.calls.lock().unwrap().clone();
     calls
 }
