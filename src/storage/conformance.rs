@@ -2,13 +2,13 @@
 //!
 //! Each test is a generic function over a [`Disk`] (where the engine keeps its data and
 //! how a restarted node finds it again); [`per_engine!`] instantiates it once on fjall,
-//! in a temporary directory, and once in memory. The crash tests at the end are the
-//! memory engine's own: it is the one that can lose power on demand.
+//! in a temporary directory, and once in memory (its power cuts: [`super::crash_tests`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use quorumkv_client::clock::system_clock;
 use quorumkv_client::ring::key_hash;
 use quorumkv_client::wire::HeldVersion;
@@ -16,6 +16,7 @@ use quorumkv_client::Version;
 use tempfile::TempDir;
 
 use super::store::test_options;
+use super::workers::REBUILD_CHUNK;
 use super::{test_record as record, Applied, Engine, Entry, FjallEngine, HintStored, MemEngine, Storage, Store};
 
 /// Where a test's store keeps its data.
@@ -236,12 +237,14 @@ async fn trees_after_restart_match_trees_kept_live<D: Disk>() {
     let live_roots: Vec<u64>;
     {
         let store = open(&disk);
-        for i in 0..500u64 {
+        // More keys than one chunk of the rebuild scan: it must resume where it stopped.
+        let writes = (0..REBUILD_CHUNK as u64 + 500).flat_map(|i| {
             let key = Bytes::from(format!("key{i}"));
-            store.apply(key.clone(), record(i + 1, Some(b"v"))).await.unwrap();
-            if i % 7 == 0 {
-                store.apply(key, record(i + 1000, None)).await.unwrap();
-            }
+            let delete = (i % 7 == 0).then(|| (key.clone(), record(i + 10_000, None)));
+            [(key, record(i + 1, Some(b"v")))].into_iter().chain(delete)
+        });
+        for write in join_all(writes.map(|(key, r)| store.apply(key, r))).await {
+            write.unwrap();
         }
         live_roots = (0..256).map(|p| store.forest().root(p)).collect();
         store.flush().await.unwrap();

@@ -25,7 +25,7 @@ const READ_QUEUE: usize = 4096;
 /// Most point reads answered as one batch (bounds the wait of the first).
 const MAX_READ_BATCH: usize = 64;
 /// Records folded into the trees per lock during the rebuild scan.
-const REBUILD_CHUNK: usize = 4096;
+pub(super) const REBUILD_CHUNK: usize = 4096;
 
 /// One point read waiting for the reader thread.
 pub struct ReadOp {
