@@ -7,6 +7,8 @@
 //! response alone: one UDP datagram per request. The storage threads instead pass a whole
 //! batch of answers to one task on the runtime, which completes them all in one go, so
 //! the wake-up is paid once per batch and the responses leave the node together.
+//! On the memory engine the writer and reader are themselves tasks on that runtime: the
+//! relay then costs one task hop per batch and keeps a single path for both.
 
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;

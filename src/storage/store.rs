@@ -68,11 +68,11 @@ pub struct StoreOptions {
 pub struct Store<E: Engine> {
     /// The keyspaces (scanned by anti-entropy, hint delivery and the tombstone purge).
     engine: E,
-    /// Queue of the writer thread.
+    /// Queue of the writer.
     writes: mpsc::Sender<WriteOp>,
-    /// Queue of the reader thread (point reads).
+    /// Queue of the reader (point reads).
     reads: mpsc::Sender<ReadOp>,
-    /// Committed versions of the records (written by the writer thread).
+    /// Committed versions of the records (written by the writer).
     pub(crate) index: Arc<VersionIndex>,
     /// Set at the first fatal error.
     poisoned: Arc<AtomicBool>,
@@ -158,7 +158,7 @@ impl<E: Engine> Store<E> {
         result.await.map_err(|_| StorageError::Closed)?
     }
 
-    /// Queues a change for the writer thread and waits for its outcome.
+    /// Queues a change for the writer and waits for its outcome.
     async fn write<T>(
         &self,
         op: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> WriteOp,
