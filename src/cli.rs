@@ -62,6 +62,10 @@ enum Command {
         /// Stop when stdin closes (`up` runs its nodes so, to stop them with it).
         #[arg(long, hide = true)]
         stop_with_parent: bool,
+        /// The node's disk was lost or replaced: if its store is empty, serve reads
+        /// through the other replicas until each partition is synced with all of them.
+        #[arg(long)]
+        refill: bool,
     },
     /// Store a value under KEY: VALUE, `-` (stdin) or --value-file.
     #[command(
@@ -223,7 +227,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             id,
             config,
             stop_with_parent,
-        } => run_node(&load(&config.config)?, &id, stop_with_parent),
+            refill,
+        } => run_node(&load(&config.config)?, &id, stop_with_parent, refill),
         Command::Put {
             key,
             value,
@@ -363,8 +368,8 @@ impl Cli {
 }
 
 /// Runs one node until Ctrl-C / SIGTERM (or a fatal storage error), or, with
-/// `stop_with_parent`, until stdin closes.
-fn run_node(config: &ClusterConfig, id: &str, stop_with_parent: bool) -> anyhow::Result<ExitCode> {
+/// `stop_with_parent`, until stdin closes. `refill`: see [`NodeParts::refill`].
+fn run_node(config: &ClusterConfig, id: &str, stop_with_parent: bool, refill: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let stop = CancellationToken::new();
@@ -372,12 +377,18 @@ fn run_node(config: &ClusterConfig, id: &str, stop_with_parent: bool) -> anyhow:
         if stop_with_parent {
             crate::local::stop_when_parent_exits(stop.clone())?;
         }
-        serve_until(config, id, stop).await
+        serve_until(config, id, stop, refill).await
     })
 }
 
-async fn serve_until(config: &ClusterConfig, id: &str, stop: CancellationToken) -> anyhow::Result<ExitCode> {
-    let parts = NodeParts::real(config, id, None).with_context(|| format!("starting node {id}"))?;
+async fn serve_until(
+    config: &ClusterConfig,
+    id: &str,
+    stop: CancellationToken,
+    refill: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut parts = NodeParts::real(config, id, None).with_context(|| format!("starting node {id}"))?;
+    parts.refill = refill;
     let node = Node::start(config, id, parts)?;
     tokio::select! {
         _ = stop.cancelled() => {}

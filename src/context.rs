@@ -15,7 +15,9 @@ use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
 use crate::config::Convergence;
 use crate::metrics::ServiceCounters;
+use crate::node::Host;
 use crate::peer::{FailureDetector, PeerPool};
+use crate::refill::Refill;
 use crate::storage::Storage;
 
 /// What a node's services share.
@@ -44,6 +46,10 @@ pub struct NodeContext {
     pub convergence: Convergence,
     /// Per-peer counts of anti-entropy syncs and hint deliveries.
     pub counters: ServiceCounters,
+    /// The operating system or a simulation: where blocking work runs.
+    pub host: Host,
+    /// Partitions still refilling after the node started empty.
+    pub refill: Refill,
 }
 
 /// Names the node only (the metrics collector that holds a context must be `Debug`).

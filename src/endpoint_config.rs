@@ -1,5 +1,5 @@
-//! The node's QUIC endpoint settings that must survive a restart: the stateless-reset key
-//! and how connection ids are made.
+//! The node's QUIC and TLS settings ([`QuicParts`]), and the endpoint settings that must
+//! survive a restart: the stateless-reset key and how connection ids are made.
 //!
 //! A node that dies without closing its connections (kill -9, power cut) and comes back
 //! on its address still receives packets of its old connections from peers and clients.
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use quinn::crypto::{CryptoError, HmacKey};
 use quinn::{ConnectionId, ConnectionIdGenerator, EndpointConfig};
+use quorumkv_client::wire::PEER_ALPN;
 use quorumkv_client::TlsIdentity;
 
 /// Context string of the reset key's derivation (blake3 `derive_key`).
@@ -25,26 +26,58 @@ const RESET_KEY_CONTEXT: &str = "quorumkv 2026-12 QUIC stateless reset key";
 /// Length of the connection ids the node issues (quinn's default).
 const CID_LEN: usize = 8;
 
+/// What a node's QUIC endpoint is made with: every place quinn and rustls draw
+/// randomness from is in here, so a simulation can pass seeded ones.
+pub struct QuicParts {
+    /// Reset key, connection ids and the endpoint's random seed.
+    pub endpoint: EndpointConfig,
+    /// The server side: both protocols, a client certificate required.
+    pub server: quinn::ServerConfig,
+    /// How this node dials its peers (the node-to-node protocol).
+    pub peer: quinn::ClientConfig,
+}
+
+impl QuicParts {
+    /// The real settings for the node with TLS identity `identity`: randomness from the
+    /// operating system, the reset key from the identity.
+    pub fn real(identity: &TlsIdentity) -> anyhow::Result<QuicParts> {
+        Ok(QuicParts {
+            endpoint: node_endpoint_config(identity)?,
+            server: identity.server_config()?,
+            peer: identity.client_config_for(PEER_ALPN)?,
+        })
+    }
+}
+
 /// Endpoint settings for a node with TLS identity `identity`. Fails only if the operating
 /// system cannot supply randomness for connection ids.
 pub fn node_endpoint_config(identity: &TlsIdentity) -> anyhow::Result<EndpointConfig> {
-    let reset_key = ResetKey(blake3::derive_key(RESET_KEY_CONTEXT, identity.key.secret_der()));
-    let mut config = EndpointConfig::new(Arc::new(reset_key));
     let mut seed = [0u8; 32];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut seed)
         .map_err(|e| anyhow::anyhow!("no randomness for connection ids: {e:?}"))?;
+    Ok(endpoint_config_with(identity, seed, None))
+}
+
+/// Endpoint settings for a node with TLS identity `identity`, its connection ids drawn
+/// from `cid_seed` and quinn's own randomness from `rng_seed` (the operating system's
+/// when `None`). The simulator passes seeded ones; the reset key comes from the identity
+/// either way, so a restarted simulated node resets old connections as a real one does.
+pub fn endpoint_config_with(identity: &TlsIdentity, cid_seed: [u8; 32], rng_seed: Option<[u8; 32]>) -> EndpointConfig {
+    let reset_key = ResetKey(blake3::derive_key(RESET_KEY_CONTEXT, identity.key.secret_der()));
+    let mut config = EndpointConfig::new(Arc::new(reset_key));
+    config.rng_seed(rng_seed);
     let instances = AtomicU64::new(0);
     config.cid_generator(move || {
         let instance = instances.fetch_add(1, Ordering::Relaxed);
         Box::new(RandomIds {
-            seed,
+            seed: cid_seed,
             instance,
             next: 0,
         })
     });
-    Ok(config)
+    config
 }
 
 /// The stateless-reset HMAC: blake3 keyed with a key derived from the node's TLS key.
@@ -72,10 +105,10 @@ impl HmacKey for ResetKey {
 }
 
 /// Connection ids from a keyed PRF of a counter: unpredictable without the per-process
-/// seed, never validated, so packets of a previous process's connections reach the reset
+/// seed (the run's seed in a simulation), never validated, so packets of a previous process's connections reach the reset
 /// logic instead of being dropped as foreign.
 struct RandomIds {
-    /// Drawn from the OS once per process.
+    /// Drawn from the OS once per process (from the seed in a simulation).
     seed: [u8; 32],
     /// Which generator of this process (one per endpoint).
     instance: u64,

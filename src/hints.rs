@@ -28,10 +28,14 @@ pub async fn delivery_loop(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        for (owner, count) in ctx.storage.hint_counts() {
+        // In owner order, not the map's (which differs per process): a seed replays.
+        let mut held: Vec<(String, u64)> = ctx.storage.hint_counts().into_iter().collect();
+        held.sort();
+        for (owner, count) in held {
             let Some(index) = ctx.member_index(&owner) else {
                 continue;
             };

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod pki;
+pub mod refill;
 pub mod replica;
 pub mod server;
 pub mod sim;

@@ -1,11 +1,16 @@
 //! A node: wires config, TLS, storage, the replica and the QUIC endpoint together, and
 //! shuts them down in order.
 //!
-//! [`Node::start`] takes its clock, UDP socket and storage as parameters ([`NodeParts`])
-//! so that a simulation can run nodes over an in-memory network and disk;
-//! [`NodeParts::real`] builds the real ones (bound socket, fjall, development CA if none
-//! is configured). Shutdown: stop accepting, let in-flight requests finish (bounded by
-//! [`DRAIN_TIMEOUT`]), close connections, fsync, wait for the endpoint to go idle.
+//! [`Node::start`] takes everything that moves time, chance or packets as parameters
+//! ([`NodeParts`]): the clock, the UDP socket, the QUIC and TLS settings with their
+//! random sources, the storage, and whether it runs on the operating system or in a
+//! simulation ([`Host`]). Timers are tokio's, so a paused runtime drives them. Node code
+//! reads none of these any other way, so that a simulation can run whole clusters over
+//! an in-memory network and disk, replayable from a seed; [`NodeParts::real`] builds the
+//! real ones (bound socket, fjall, development CA if none is configured). Shutdown: stop
+//! accepting, let in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]), close
+//! connections, fsync, wait for the endpoint to go idle. [`Node::crash`] is the
+//! simulation's power cut: everything stops at once, nothing is flushed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +21,7 @@ use quinn::{AsyncUdpSocket, Endpoint, Runtime, TokioRuntime};
 use quorumkv_client::clock::{system_clock, Clock};
 use quorumkv_client::net::bind_udp;
 use quorumkv_client::ring::Ring;
-use quorumkv_client::tls::TlsIdentity;
-use quorumkv_client::wire::{FRAME_OVERHEAD, PEER_ALPN};
+use quorumkv_client::wire::FRAME_OVERHEAD;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,10 +29,11 @@ use crate::admission::RecordLimits;
 use crate::antientropy::{Agreement, AntiEntropy};
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
-use crate::endpoint_config::node_endpoint_config;
+use crate::endpoint_config::QuicParts;
 use crate::metrics::ServiceCounters;
 use crate::peer::detector::ping_loop;
 use crate::peer::{peer_max_frame, peer_pool, FailureDetector, PeerService};
+use crate::refill::Refill;
 use crate::replica::Replica;
 use crate::server::budget::{MemoryGauges, MemoryUse};
 use crate::server::{accept_loop, ConnectionLimits, ServerContext, CLIENT_ANSWER_FRAMES, PEER_ANSWER_FRAMES};
@@ -51,8 +56,39 @@ pub struct NodeParts {
     pub socket: Arc<dyn AsyncUdpSocket>,
     /// Where records are kept.
     pub storage: Arc<dyn Storage>,
-    /// This node's certificate and the cluster CA.
-    pub identity: TlsIdentity,
+    /// The QUIC endpoint's settings and the TLS configurations, with their randomness.
+    pub quic: QuicParts,
+    /// The operating system, or a simulation.
+    pub host: Host,
+    /// The operator says this node lost its disk (`quorumkv node --refill`): if its store
+    /// is empty, it serves reads through the other replicas until each of its partitions
+    /// is synced with all of them (see [`crate::refill`]).
+    pub refill: bool,
+}
+
+/// Where a node runs, for the few things that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// A process on the operating system: work that blocks (walking the store's files)
+    /// goes to tokio's blocking pool, and at shutdown the UDP address is freed at once.
+    Os,
+    /// A deterministic simulation on one runtime: such work runs in place (the memory
+    /// engine never blocks, and a blocking pool would run it on other threads, in an
+    /// order no seed fixes), and the network frees addresses itself.
+    Simulated,
+}
+
+impl Host {
+    /// Runs `work`, which may block, where this host runs such work.
+    pub async fn run_blocking<T: Send + 'static>(
+        self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        match self {
+            Host::Os => tokio::task::spawn_blocking(work).await,
+            Host::Simulated => Ok(work()),
+        }
+    }
 }
 
 impl NodeParts {
@@ -67,16 +103,8 @@ impl NodeParts {
         let identity = pki::identity(&tls_dir, id, generate).context("loading the node's TLS identity")?;
         let dir = config.node_dir(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let options = StoreOptions {
-            durability: config.durability.mode,
-            interval: Duration::from_millis(config.durability.interval_ms),
-            partitions: config.partitions,
-            max_hints_per_node: config.convergence.max_hints_per_node,
-            cache_bytes: config.storage.block_cache_mb << 20,
-            memtable_bytes: config.storage.memtable_mb << 20,
-        };
         let clock = system_clock();
-        let storage = FjallStorage::open(&dir, options, clock.clone())
+        let storage = FjallStorage::open(&dir, store_options(config), clock.clone())
             .with_context(|| format!("opening storage in {}", dir.display()))?;
         let socket = match socket {
             Some(s) => s,
@@ -89,7 +117,9 @@ impl NodeParts {
             clock: system_clock(),
             socket,
             storage: Arc::new(storage),
-            identity,
+            quic: QuicParts::real(&identity)?,
+            host: Host::Os,
+            refill: false,
         })
     }
 }
@@ -122,14 +152,14 @@ impl Node {
             .iter()
             .position(|m| m == id)
             .ok_or_else(|| anyhow!("{id:?} is not a member"))?;
-        let endpoint = Endpoint::new_with_abstract_socket(
-            node_endpoint_config(&parts.identity)?,
-            Some(parts.identity.server_config()?),
-            parts.socket,
-            Arc::new(TokioRuntime),
-        )
-        .context("creating the QUIC endpoint")?;
-        let peer_tls = parts.identity.client_config_for(PEER_ALPN)?;
+        let QuicParts {
+            endpoint: endpoint_config,
+            server,
+            peer: peer_tls,
+        } = parts.quic;
+        let endpoint =
+            Endpoint::new_with_abstract_socket(endpoint_config, Some(server), parts.socket, Arc::new(TokioRuntime))
+                .context("creating the QUIC endpoint")?;
         let ctx = Arc::new(NodeContext {
             id: id.to_string(),
             me,
@@ -145,8 +175,17 @@ impl Node {
             limits: RecordLimits::of(config),
             convergence: config.convergence,
             counters: ServiceCounters::new(ring.members().len()),
+            refill: Refill::new(parts.refill && parts.storage.started_empty(), &ring, me),
             ring: ring.clone(),
+            host: parts.host,
         });
+        match (parts.refill, parts.storage.started_empty()) {
+            (true, true) => tracing::info!(
+                "node {id}: refilling an empty store; reads go through the other replicas until each partition is synced"
+            ),
+            (true, false) => tracing::info!("node {id}: --refill ignored, the store holds data"),
+            (false, _) => {}
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let replica = Arc::new(Replica::new(config, ctx.clone()));
@@ -240,9 +279,21 @@ impl Node {
         self.endpoint.close(0u32.into(), b"node shutting down");
         let flushed = self.storage.flush().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.endpoint.wait_idle()).await;
-        self.release_address();
+        if self.ctx.host == Host::Os {
+            self.release_address();
+        }
         tracing::info!("node {} stopped", self.id);
         flushed.map_err(|e| anyhow!("final fsync failed: {e}"))
+    }
+
+    /// Stops everything at once, as a power cut would: no draining, no goodbye to peers,
+    /// no fsync (what the storage did not sync is the simulation's to lose). The
+    /// simulation unplugs the node's socket first, so that nothing more leaves it.
+    pub fn crash(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.endpoint.close(0u32.into(), b"crashed");
+        tracing::info!("node {} crashed", self.id);
     }
 }
 
@@ -262,6 +313,18 @@ impl Node {
                 return;
             }
         }
+    }
+}
+
+/// How `config` says a node's store is opened.
+pub fn store_options(config: &ClusterConfig) -> StoreOptions {
+    StoreOptions {
+        durability: config.durability.mode,
+        interval: Duration::from_millis(config.durability.interval_ms),
+        partitions: config.partitions,
+        max_hints_per_node: config.convergence.max_hints_per_node,
+        cache_bytes: config.storage.block_cache_mb << 20,
+        memtable_bytes: config.storage.memtable_mb << 20,
     }
 }
 
@@ -318,6 +381,7 @@ async fn watch_storage(storage: Arc<dyn Storage>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(POISON_CHECK);
     loop {
         tokio::select! {
+            biased;
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }

@@ -21,6 +21,7 @@ use crate::admission::Refusal;
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
 use crate::metrics::{Op, RequestMetrics};
+use crate::refill::{read_through, ReadThroughError};
 use crate::server::{AnswerSize, Handler, Reply};
 use crate::storage::{Applied, HintStored, StorageError};
 
@@ -62,6 +63,7 @@ impl Replica {
     async fn respond(&self, request: Request) -> Response {
         let result = match request {
             Request::Get { epoch, key } => self.get(epoch, key).await,
+            Request::GetOwn { epoch, key } => self.get_own(epoch, key).await,
             Request::GetVersion { epoch, key } => self.get_version(epoch, key).await,
             Request::Put { epoch, key, record } => self.put(epoch, key, record).await,
             Request::PutHint {
@@ -80,7 +82,7 @@ impl Replica {
     /// This node's summary, built off the runtime: it reads the store's files (disk bytes).
     async fn summary(&self, partitions: bool) -> Result<Response, ErrorReply> {
         let ctx = self.ctx.clone();
-        match tokio::task::spawn_blocking(move || ctx.summary(partitions)).await {
+        match self.ctx.host.run_blocking(move || ctx.summary(partitions)).await {
             Ok(summary) => Ok(Response::StatusSummary(summary)),
             Err(e) if e.is_cancelled() => Err(reply(ErrorKind::ShuttingDown, "the node is shutting down".into())),
             // Only a panic while reading the store's usage gets here.
@@ -103,12 +105,41 @@ impl Replica {
 
     async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
         self.check_read(epoch, &key)?;
+        if self.refilling(&key) {
+            return self.read_through(key).await.map(Response::Record);
+        }
+        Ok(get_response(self.ctx.storage.get(key).await))
+    }
+
+    async fn get_own(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
+        self.check_read(epoch, &key)?;
         Ok(get_response(self.ctx.storage.get(key).await))
     }
 
     async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
         self.check_read(epoch, &key)?;
+        if self.refilling(&key) {
+            let newest = self.read_through(key).await?;
+            return Ok(Response::Version(newest.map(|r| HeldVersion {
+                version: r.version,
+                tombstone: r.is_tombstone(),
+            })));
+        }
         Ok(version_response(self.ctx.storage.version(key).await))
+    }
+
+    /// Whether reads of `key` go through the other replicas (see [`crate::refill`]).
+    fn refilling(&self, key: &[u8]) -> bool {
+        // The key's hash only while some partition refills: the usual read pays one load.
+        self.ctx.refill.any() && self.ctx.refill.is_refilling(self.ctx.ring.partition_of(key))
+    }
+
+    /// The newest copy among every replica of `key`, or a refusal naming who failed.
+    async fn read_through(&self, key: Bytes) -> Result<Option<Record>, ErrorReply> {
+        read_through(&self.ctx, key).await.map_err(|e| match e {
+            ReadThroughError::Local(why) => reply(ErrorKind::Storage, why),
+            other => reply(ErrorKind::Refilling, other.to_string()),
+        })
     }
 
     async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
@@ -181,6 +212,11 @@ impl Handler for Replica {
     /// answer is counted where it is sent (`Counted`); a request given back is counted
     /// by [`answer`](Replica::answer).
     fn start(&self, request: Request, reply: &Reply) -> Option<Request> {
+        if let Request::Get { key, .. } | Request::GetVersion { key, .. } = &request {
+            if self.refilling(key) {
+                return Some(request);
+            }
+        }
         let checked = match &request {
             Request::Get { epoch, key } | Request::GetVersion { epoch, key } => self.check_read(*epoch, key),
             Request::Put { epoch, key, record } => self.check_write(*epoch, key, record),
@@ -218,9 +254,11 @@ impl Handler for Replica {
     /// acknowledgement, a version or a refusal is small.
     fn answer_size(&self, request: &Request) -> AnswerSize {
         match request {
-            Request::Get { .. } | Request::Members | Request::Status | Request::StatusSummary { .. } => {
-                AnswerSize::Large
-            }
+            Request::Get { .. }
+            | Request::GetOwn { .. }
+            | Request::Members
+            | Request::Status
+            | Request::StatusSummary { .. } => AnswerSize::Large,
             Request::Put { .. } | Request::PutHint { .. } | Request::GetVersion { .. } => AnswerSize::Small,
         }
     }

@@ -49,11 +49,13 @@ pub async fn purge_loop(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let pass = (ctx.tombstone_grace() / 4).clamp(MIN_PASS, MAX_PASS);
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(pass) => {}
             _ = shutdown.cancelled() => return,
         }
         let walk = purge_walk(&ctx);
         let outcome = tokio::select! {
+            biased;
             outcome = walk => outcome,
             _ = shutdown.cancelled() => return,
         };

@@ -8,6 +8,7 @@ use common::converge::{
     keys_version, settle, shape, w, wait_until_node_holds, write_keys, AE_OFF, AE_ON, DEADLINE, HINTS_OFF, HINTS_ON,
 };
 use common::{copies, reachable, wait_until, TestCluster};
+use quorumkv_client::wire::{ErrorKind, Request, Response};
 use quorumkv_client::{Client, ReadOptions, RepairMode, Version};
 
 async fn catch_up_after_outage(settings: &[&str]) -> (TestCluster, Client) {
@@ -60,6 +61,44 @@ async fn a_wiped_node_is_refilled_by_anti_entropy() {
     cluster.restart(1).await;
     assert_eq!(client.get_from("n2", "w0").await.unwrap(), None, "the wipe emptied n2");
     wait_until_node_holds(&client, "n2", &keys).await;
+    cluster.shutdown().await;
+}
+
+/// A node restarted with `--refill` on a lost disk never answers "not found" for what it
+/// lost: cut off from the other replicas it refuses reads, and reached again it answers
+/// with their copies until anti-entropy has refilled it. (Without `--refill`, n1 would
+/// answer the read below with its empty store's "not found".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refilling_a_lost_disk_never_answers_not_found_for_what_it_lost() {
+    let mut cluster = TestCluster::start(shape(&[AE_ON, HINTS_OFF])).await;
+    let client = cluster.client().await;
+    let written = client.put_with("lost", "acknowledged by all", &w(3)).await.unwrap();
+    cluster.stop(0).await;
+    cluster.wipe(0);
+    cluster.cut(0, &[1, 2]);
+    cluster.restart_with(0, true).await;
+    let get = || Request::Get {
+        epoch: client.ring().epoch(),
+        key: Bytes::from_static(b"lost"),
+    };
+    match cluster.ask(0, get()).await {
+        Response::Error(e) => assert_eq!(e.kind, ErrorKind::Refilling, "{e:?}"),
+        other => panic!("n1 cut off from the other replicas answered {other:?}"),
+    }
+    assert_eq!(
+        client.get_from("n1", "lost").await.unwrap(),
+        None,
+        "n1's own copy is gone"
+    );
+    cluster.heal();
+    wait_until("n1 answers through the other replicas", DEADLINE, || async {
+        match cluster.ask(0, get()).await {
+            Response::Record(Some(record)) if record.version == written => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    wait_until_node_holds(&client, "n1", &[("lost".to_string(), written)]).await;
     cluster.shutdown().await;
 }
 

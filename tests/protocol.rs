@@ -7,7 +7,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::{Shape, TestCluster};
 use quorumkv_client::net::bind_udp;
-use quorumkv_client::transport::{AnswerSink, EncodedRequest, FrameReader, MuxConnection};
+use quorumkv_client::transport::{AnswerSink, EncodedRequest, FrameReader, MuxConnection, RequestIds};
 use quorumkv_client::wire::{
     decode, encode_frame, ErrorKind, HeldVersion, Record, Request, RequestFrame, Response, ResponseFrame, ALPN,
     ALPN_V1, FRAME_OVERHEAD,
@@ -307,12 +307,13 @@ async fn a_sink_gets_each_answer_once_and_hears_when_its_connection_closes() {
     let cluster = TestCluster::start(Shape::three()).await;
     let (epoch, version) = put_everywhere(&cluster, Bytes::from_static(b"v")).await;
     let conn = raw_connection(&cluster).await;
-    let mux = MuxConnection::<Request, Response>::open(conn, 1 << 20, Default::default())
+    let mux = MuxConnection::<Request, Response>::open(conn, 1 << 20, Default::default(), Default::default())
         .await
         .unwrap();
+    let ids = RequestIds::default();
     let get = || {
         let key = Bytes::from_static(b"k");
-        EncodedRequest::new(&Request::Get { epoch, key }).unwrap()
+        EncodedRequest::new(&Request::Get { epoch, key }, &ids).unwrap()
     };
     let sink = AnswerSink::new();
     let send = |tag| {

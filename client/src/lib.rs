@@ -34,7 +34,7 @@ pub mod transport;
 pub mod version;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, ClientStats, Versioned};
+pub use client::{Client, ClientConfig, ClientStats, ClientTransport, Versioned};
 pub use error::{ClientError, FailureReason, ReplicaFailure, SeedFailure, SeedProblem};
 pub use options::{ReadOptions, RepairMode, WriteOptions};
 pub use tls::TlsIdentity;

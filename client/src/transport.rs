@@ -23,9 +23,24 @@ use serde::Serialize;
 
 use crate::wire::{decode, frame_bytes_sized, split_frame, Frame, FrameError, FrameSizeHint};
 
-/// Request ids, unique in the process: a request encoded once can go to several
-/// connections under the same id.
-static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+/// Issues request ids, unique among the connections that share it (a pool's, or one
+/// connection's): a request encoded once can go to several of them under the same id.
+/// Not process-wide, so that what one client sends does not depend on what others sent
+/// before it (a simulation replays a seed exactly).
+#[derive(Debug)]
+pub struct RequestIds(AtomicU64);
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds(AtomicU64::new(1))
+    }
+}
+
+impl RequestIds {
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
 
 /// A request encoded as a frame once, to be sent to one or more connections (a quorum
 /// request goes to n replicas: encoding it once saved n-1 copies of its value).
@@ -46,9 +61,9 @@ impl<Q> Clone for EncodedRequest<Q> {
 }
 
 impl<Q: Serialize + FrameSizeHint> EncodedRequest<Q> {
-    /// Encodes `request` under a fresh id.
-    pub fn new(request: &Q) -> Result<Self, TransportError> {
-        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+    /// Encodes `request` under a fresh id from `ids`.
+    pub fn new(request: &Q, ids: &RequestIds) -> Result<Self, TransportError> {
+        let id = ids.next();
         let frame = Frame { id, body: request };
         let frame = frame_bytes_sized(&frame, frame.frame_size_hint())?;
         Ok(EncodedRequest {
@@ -321,6 +336,8 @@ pub struct MuxConnection<Q, A> {
     max_frame: usize,
     /// Counts the bytes this connection carries.
     traffic: Arc<Traffic>,
+    /// Where the ids of requests sent with [`MuxConnection::call`] come from.
+    ids: Arc<RequestIds>,
     _requests: std::marker::PhantomData<fn(Q)>,
 }
 
@@ -338,7 +355,12 @@ impl<Q, A> MuxConnection<Q, A> {
 
 impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConnection<Q, A> {
     /// Opens the lanes on an established connection.
-    pub async fn open(conn: Connection, max_frame: usize, traffic: Arc<Traffic>) -> Result<Self, TransportError> {
+    pub async fn open(
+        conn: Connection,
+        max_frame: usize,
+        traffic: Arc<Traffic>,
+        ids: Arc<RequestIds>,
+    ) -> Result<Self, TransportError> {
         let mut lanes = Vec::with_capacity(LANES);
         for _ in 0..LANES {
             let (send, recv) = conn.open_bi().await.map_err(|e| TransportError::Lost(e.to_string()))?;
@@ -350,13 +372,14 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> MuxConn
             next_lane: AtomicUsize::new(0),
             max_frame,
             traffic,
+            ids,
             _requests: std::marker::PhantomData,
         })
     }
 
     /// Sends `request` and waits for its response (no timeout: callers add their own).
     pub async fn call(&self, request: Q) -> Result<A, TransportError> {
-        self.call_encoded(EncodedRequest::new(&request)?).await
+        self.call_encoded(EncodedRequest::new(&request, &self.ids)?).await
     }
 
     /// Sends an already encoded request and waits for its response (no timeout).
@@ -553,6 +576,8 @@ pub struct ConnectionPool<Q, A> {
     max_frame: usize,
     /// Bytes carried by every connection of the pool.
     traffic: Arc<Traffic>,
+    /// Ids of every request sent through the pool.
+    ids: Arc<RequestIds>,
 }
 
 impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> ConnectionPool<Q, A> {
@@ -578,6 +603,7 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
             slots,
             max_frame,
             traffic: Arc::default(),
+            ids: Arc::default(),
         }
     }
 
@@ -586,9 +612,15 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
         &self.traffic
     }
 
+    /// Where ids of requests sent through this pool must come from.
+    pub fn request_ids(&self) -> &RequestIds {
+        &self.ids
+    }
+
     /// Sends `request` to destination `index` and waits for the answer (no timeout).
     pub async fn call(&self, index: usize, request: Q) -> Result<A, TransportError> {
-        self.call_encoded(index, EncodedRequest::new(&request)?).await
+        self.call_encoded(index, EncodedRequest::new(&request, &self.ids)?)
+            .await
     }
 
     /// Sends an already encoded request to destination `index` (no timeout).
@@ -621,7 +653,14 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
         let traffic = self.traffic.clone();
         let dialled = tokio::time::timeout(
             DIAL_TIMEOUT,
-            dial(&self.endpoint, &self.tls, destination, self.max_frame, traffic),
+            dial(
+                &self.endpoint,
+                &self.tls,
+                destination,
+                self.max_frame,
+                traffic,
+                self.ids.clone(),
+            ),
         );
         let result = match dialled.await {
             Ok(result) => result,
@@ -681,6 +720,7 @@ pub async fn dial<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'st
     destination: &Destination,
     max_frame: usize,
     traffic: Arc<Traffic>,
+    ids: Arc<RequestIds>,
 ) -> Result<Arc<MuxConnection<Q, A>>, TransportError> {
     let addr = destination.addr;
     let lost = |e: &dyn std::fmt::Display| TransportError::Lost(format!("{addr}: {e}"));
@@ -694,5 +734,5 @@ pub async fn dial<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'st
         },
         None => lost(&e),
     })?;
-    Ok(Arc::new(MuxConnection::open(conn, max_frame, traffic).await?))
+    Ok(Arc::new(MuxConnection::open(conn, max_frame, traffic, ids).await?))
 }

@@ -81,7 +81,9 @@ impl From<&Record> for HeldVersion {
 /// A request from a client to one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// The node's own copy of a key.
+    /// The key's record for a quorum read: the node's own copy, or while the node refills
+    /// after starting empty, the newest copy among the key's replicas (see
+    /// [`ErrorKind::Refilling`]).
     Get {
         /// Ring epoch the client routed with; the node refuses a different one.
         epoch: u64,
@@ -127,6 +129,14 @@ pub enum Request {
     StatusSummary {
         /// Whether to include every partition row.
         partitions: bool,
+    },
+    /// The node's own copy of a key, always (for inspecting a replica: `get --from`).
+    /// A node older than this variant answers it as malformed.
+    GetOwn {
+        /// Ring epoch the client routed with; the node refuses a different one.
+        epoch: u64,
+        /// The key.
+        key: Bytes,
     },
 }
 
@@ -224,6 +234,11 @@ pub enum ErrorKind {
     HintsFull,
     /// The request names something that is not a member (or the node itself).
     UnknownNode,
+    /// The node started with an empty store (new or wiped) and, until it has synced the
+    /// key's partition with every other replica, answers reads through them; one of them
+    /// did not answer. Count it as a failed replica. (Added after the first release:
+    /// older clients cannot decode it and count the replica as failed all the same.)
+    Refilling,
 }
 
 /// A node's view of the cluster and of its repairs (answer to `Status`).

@@ -29,8 +29,8 @@ fn key() -> Bytes {
     Bytes::from_static(b"user:42")
 }
 
-/// Client requests; every variant but `GetVersion` and `StatusSummary` is also protocol
-/// version 1.
+/// Client requests; every variant but `GetVersion`, `StatusSummary` and `GetOwn` is also
+/// protocol version 1.
 pub fn client_requests() -> Vec<(&'static str, Frame<Request>)> {
     let epoch = 0x1234_5678_9abc_def0;
     let bodies = [
@@ -64,12 +64,13 @@ pub fn client_requests() -> Vec<(&'static str, Frame<Request>)> {
         ("status", Request::Status),
         ("v2_get_version", Request::GetVersion { epoch, key: key() }),
         ("v2_status_summary", Request::StatusSummary { partitions: true }),
+        ("v2_get_own", Request::GetOwn { epoch, key: key() }),
     ];
     framed(bodies)
 }
 
-/// Node answers to client requests; every variant but `Version` and `StatusSummary` is
-/// also version 1.
+/// Node answers to client requests; every variant but `Version`, `StatusSummary` and the
+/// `Refilling` error is also version 1.
 pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
     let bodies = [
         ("record", Response::Record(Some(record(Some(b"hello"))))),
@@ -100,6 +101,13 @@ pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
             })),
         ),
         ("v2_status_summary", Response::StatusSummary(node_summary())),
+        (
+            "v2_refilling",
+            Response::Error(ErrorReply {
+                kind: ErrorKind::Refilling,
+                message: "refilling after starting empty, and replica n3 did not answer".into(),
+            }),
+        ),
     ];
     framed(bodies)
 }

@@ -135,8 +135,15 @@ impl AntiEntropy {
         shared.rotate_left(start);
         let seed = (self.ctx.me as u64) << 32 | peer as u64;
         loop {
-            let wait = interval + jitter(interval / 4, self.ctx.clock.now_micros() ^ seed);
+            // A node refilling after it started empty syncs as soon as the peer answers
+            // pings, rather than after a whole interval (see `crate::refill`).
+            let wait = if self.ctx.refill.awaits(peer) {
+                Duration::from_millis(self.ctx.convergence.ping_interval_ms)
+            } else {
+                interval + jitter(interval / 4, self.ctx.clock.now_micros() ^ seed)
+            };
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
@@ -144,6 +151,7 @@ impl AntiEntropy {
                 continue;
             }
             tokio::select! {
+                biased;
                 synced = self.sync(peer, &shared) => {
                     self.ctx.counters.round(peer, synced.is_ok());
                     if let Err(e) = synced {
@@ -176,9 +184,20 @@ impl AntiEntropy {
             PeerResponse::NotReady => return Ok(()),
             other => return Err(SyncError::Unexpected(format!("{other:?}"))),
         };
-        for p in partitions.iter().filter(|p| !differ.iter().any(|(d, _)| d == *p)) {
-            self.ctx.agreement.agreed(*p, peer, asked);
+        let equal: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !differ.iter().any(|(d, _)| d == p))
+            .collect();
+        for &p in &equal {
+            self.ctx.agreement.agreed(p, peer, asked);
         }
+        self.ctx.refill.synced(&equal, peer);
+        let compared: Vec<u32> = differ
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| partitions.contains(p))
+            .collect();
         let shape = forest.shape();
         let mut probes = Vec::new();
         for (partition, theirs) in differ.into_iter().filter(|(p, _)| partitions.contains(p)) {
@@ -200,7 +219,10 @@ impl AntiEntropy {
                 });
             }
         }
-        self.compare_leaves(peer, probes).await
+        self.compare_leaves(peer, probes).await?;
+        // Everything the peer held in them when the sync began is now here too.
+        self.ctx.refill.synced(&compared, peer);
+        Ok(())
     }
 
     /// Asks the peer for its entries of the probed leaves, [`LEAVES_PER_REQUEST`] at a

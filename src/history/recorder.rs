@@ -7,14 +7,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use quorumkv_client::wire::ErrorKind;
 use quorumkv_client::{Client, ClientError, FailureReason, ReadOptions, RepairMode, WriteOptions};
 
 use super::{Action, Micros, Op, Outcome, Quorum};
 
-/// A history being recorded by concurrent clients.
+/// A history being recorded by concurrent clients. Its clock is tokio's, so in a
+/// simulation (paused clock) histories are in simulated time.
 #[derive(Debug)]
 pub struct Recorder {
     /// Time zero of the history.
@@ -126,12 +127,14 @@ impl Recorder {
 }
 
 /// The quorum a write with `options` uses (n = 0 when the options are invalid: such a
-/// write fails before sending and takes part in no quorum rule).
+/// write fails before sending and takes part in no quorum rule). A sloppy write may be
+/// acknowledged by hints on fallback nodes, which a quorum read does not ask, so it
+/// counts as needing no replica: P2 does not apply to it (as the README says), P1 does.
 fn write_quorum(client: &Client, options: &WriteOptions) -> Quorum {
     let plan = options.plan(&client.cluster().defaults, client.cluster().replication_factor);
     plan.map_or(Quorum { n: 0, needed: 0 }, |p| Quorum {
         n: p.n,
-        needed: p.needed,
+        needed: if options.sloppy { 0 } else { p.needed },
     })
 }
 

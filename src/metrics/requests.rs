@@ -54,7 +54,7 @@ impl Op {
     /// The operation of `request`.
     pub fn of(request: &Request) -> Op {
         match request {
-            Request::Get { .. } => Op::Get,
+            Request::Get { .. } | Request::GetOwn { .. } => Op::Get,
             Request::GetVersion { .. } => Op::GetVersion,
             Request::Put { record, .. } if record.is_tombstone() => Op::Delete,
             Request::Put { .. } => Op::Put,

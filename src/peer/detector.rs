@@ -101,6 +101,7 @@ pub async fn ping_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }

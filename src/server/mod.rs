@@ -198,6 +198,7 @@ impl ServerContext {
 pub async fn accept_loop(endpoint: Endpoint, ctx: ServerContext) {
     loop {
         let incoming = tokio::select! {
+            biased;
             incoming = endpoint.accept() => incoming,
             _ = ctx.shutdown.cancelled() => return,
         };
@@ -276,6 +277,7 @@ async fn accept_streams<H: Handler>(conn: Connection, handler: Arc<H>, limits: C
     });
     loop {
         let stream = tokio::select! {
+            biased;
             stream = conn.accept_bi() => stream,
             _ = ctx.shutdown.cancelled() => return,
         };
@@ -308,6 +310,7 @@ async fn serve_stream<H: Handler>(
     let mut reader = RequestReader::new(recv, limits.max_frame, limits.frame_timeout, frames, gauges);
     loop {
         let next = tokio::select! {
+            biased;
             next = reader.next_frame() => next,
             _ = ctx.shutdown.cancelled() => return,
         };
@@ -349,6 +352,7 @@ async fn reserve(outbox: &Outbox, bytes: usize, shutdown: &CancellationToken) ->
         return Some(taken);
     }
     tokio::select! {
+        biased;
         taken = outbox.budget().take(bytes) => Some(taken),
         _ = shutdown.cancelled() => None,
     }

@@ -11,7 +11,10 @@
 //!
 //! It leaves to the caller what runs on top (quinn endpoints: `sim::quic`) and when the
 //! faults change. A cut drops what is sent while it stands; datagrams already in flight
-//! still arrive, as they would have left the wire before a real partition.
+//! still arrive, as they would have left the wire before a real partition. A host can be
+//! unplugged (its socket goes dead, as at a crash, and the address is free for the next
+//! incarnation) or frozen (it sends nothing and reads nothing; what arrives waits in its
+//! inbox, as for a stopped process, until it thaws).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, IoSliceMut};
@@ -95,6 +98,10 @@ struct Inbox {
     queue: VecDeque<Datagram>,
     /// The task waiting in `poll_recv`, woken by the next delivery.
     waker: Option<Waker>,
+    /// Which socket bound the address: a socket of an earlier binding is dead.
+    generation: u64,
+    /// The host is stopped: it neither reads nor sends until thawed.
+    frozen: bool,
 }
 
 /// Everything the network decides with, behind one lock.
@@ -114,6 +121,8 @@ struct State {
     in_flight: BTreeMap<(Instant, u64), Datagram>,
     /// Datagrams ever put in flight: the tie-break between equal arrival times.
     sent: u64,
+    /// Sockets ever bound: each binding's generation.
+    bindings: u64,
     /// What happened, hashed.
     trace: Trace,
 }
@@ -154,6 +163,7 @@ impl SimNetwork {
             inboxes: HashMap::new(),
             in_flight: BTreeMap::new(),
             sent: 0,
+            bindings: 0,
             trace: Trace::new(Instant::now()),
         };
         let shared = Arc::new(Shared {
@@ -176,11 +186,48 @@ impl SimNetwork {
         if state.inboxes.contains_key(&addr) {
             return Err(SimNetError::InUse { addr });
         }
-        state.inboxes.insert(addr, Inbox::default());
+        state.bindings += 1;
+        let generation = state.bindings;
+        let inbox = Inbox {
+            generation,
+            ..Inbox::default()
+        };
+        state.inboxes.insert(addr, inbox);
         Ok(Arc::new(SimSocket {
             shared: self.shared.clone(),
             addr,
+            generation,
         }))
+    }
+
+    /// Pulls the plug on the host at `addr`: its socket sends and receives nothing more
+    /// (quinn on it sees a closed socket), what waited in its inbox is gone, and the
+    /// address can be bound again.
+    pub fn unplug(&self, addr: SocketAddr) {
+        let removed = self.shared.lock().inboxes.remove(&addr);
+        if let Some(waker) = removed.and_then(|inbox| inbox.waker) {
+            waker.wake();
+        }
+    }
+
+    /// Stops the host at `addr` (see [`thaw`](Self::thaw)): it sends nothing, and what
+    /// arrives waits in its inbox (dropped once the inbox is full).
+    pub fn freeze(&self, addr: SocketAddr) {
+        if let Some(inbox) = self.shared.lock().inboxes.get_mut(&addr) {
+            inbox.frozen = true;
+        }
+    }
+
+    /// Lets a frozen host at `addr` run again: it reads what waited for it.
+    pub fn thaw(&self, addr: SocketAddr) {
+        let mut state = self.shared.lock();
+        let Some(inbox) = state.inboxes.get_mut(&addr) else {
+            return;
+        };
+        inbox.frozen = false;
+        if let Some(waker) = inbox.waker.take() {
+            waker.wake();
+        }
     }
 
     /// Sets how links nobody configured behave.
@@ -224,11 +271,20 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Puts one datagram on the wire, or drops it (cut, loss), maybe twice (duplication).
-    fn send(&self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    /// Puts one datagram from socket `generation` on the wire, or drops it (sender not
+    /// running, cut, loss), maybe twice (duplication).
+    fn send(&self, generation: u64, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
         let now = Instant::now();
         let mut state = self.lock();
         let len = payload.len();
+        let running = state
+            .inboxes
+            .get(&from)
+            .is_some_and(|inbox| inbox.generation == generation && !inbox.frozen);
+        if !running {
+            state.trace.record(now, TraceKind::Silenced, from, to, len);
+            return;
+        }
         state.trace.record(now, TraceKind::Send, from, to, len);
         if state.cuts.contains(&(from, to)) {
             state.trace.record(now, TraceKind::Cut, from, to, len);
@@ -307,6 +363,7 @@ async fn deliver_forever(shared: Weak<Shared>, wake: Arc<Notify>) {
         match next {
             Some(at) => {
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep_until(at) => {}
                     _ = queued => {}
                 }
@@ -328,11 +385,20 @@ pub struct SimSocket {
     shared: Arc<Shared>,
     /// Where this socket is bound.
     addr: SocketAddr,
+    /// Which binding of the address this socket is.
+    generation: u64,
 }
 
 impl Drop for SimSocket {
     fn drop(&mut self) {
-        self.shared.lock().inboxes.remove(&self.addr);
+        let mut state = self.shared.lock();
+        if state
+            .inboxes
+            .get(&self.addr)
+            .is_some_and(|inbox| inbox.generation == self.generation)
+        {
+            state.inboxes.remove(&self.addr);
+        }
     }
 }
 
@@ -354,7 +420,8 @@ impl AsyncUdpSocket for SimSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
         for datagram in transmit.contents.chunks(segment) {
-            self.shared.send(self.addr, transmit.destination, datagram);
+            self.shared
+                .send(self.generation, self.addr, transmit.destination, datagram);
         }
         Ok(())
     }
@@ -366,9 +433,14 @@ impl AsyncUdpSocket for SimSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         let mut state = self.shared.lock();
-        let Some(inbox) = state.inboxes.get_mut(&self.addr) else {
-            return Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected)));
+        let inbox = match state.inboxes.get_mut(&self.addr) {
+            Some(inbox) if inbox.generation == self.generation => inbox,
+            _ => return Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
         };
+        if inbox.frozen {
+            inbox.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
         let mut read = 0;
         for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
             let Some(datagram) = inbox.queue.pop_front() else { break };

@@ -2,9 +2,8 @@
 //! let us inject drawn from the run's seed.
 //!
 //! Seeded here: quinn's endpoint RNG (`EndpointConfig::rng_seed`: each connection's RNG,
-//! hence packet-number skips, path challenges, QUIC-bit greasing), connection IDs (a
-//! seeded [`ConnectionIdGenerator`] in place of quinn's, which reads the OS), the
-//! stateless-reset key, the handshake-token key, the server's token clock (simulated
+//! hence packet-number skips, path challenges, QUIC-bit greasing), connection IDs (the
+//! node's own generator, keyed from the seed instead of the OS), the handshake-token key, the server's token clock (simulated
 //! time), and rustls's `SecureRandom` (client and server randoms, session ids and
 //! tickets). Not seedable: the TLS key exchange (rustls's ring X25519 draws its
 //! ephemeral key from the OS and ring's random trait is sealed) and ECDSA signatures
@@ -21,22 +20,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use quinn::crypto::HandshakeTokenKey;
-use quinn::{ConnectionId, ConnectionIdGenerator, Endpoint, EndpointConfig, TimeSource, TokioRuntime};
+use quinn::{Endpoint, EndpointConfig, TimeSource, TokioRuntime};
 use quorumkv_client::tls::{TlsError, TlsIdentity};
-use quorumkv_client::wire::ALPN;
-use ring::{hkdf, hmac};
+use quorumkv_client::wire::{ALPN, PEER_ALPN};
+use quorumkv_client::ClientTransport;
+use ring::hkdf;
 use rustls::crypto::{CryptoProvider, GetRandomFailed, SecureRandom};
 
 use super::net::{SimNetError, SimNetwork};
 use super::rng::SimRng;
+use super::SIM_EPOCH_SECS;
+use crate::endpoint_config::{endpoint_config_with, QuicParts};
 
-/// Connection id length: quinn's default generator's.
-const CID_LEN: usize = 8;
-/// Bytes of key material drawn for the reset and token keys (quinn draws 64 for each).
+/// Bytes of key material drawn for the token key (quinn draws 64).
 const KEY_MATERIAL: usize = 64;
-/// Wall-clock date simulated time zero stands for (2026-01-01T00:00:00Z), so token
-/// timestamps repeat across runs.
-const SIM_EPOCH_SECS: u64 = 1_767_225_600;
 
 /// Why a simulated endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -62,36 +59,82 @@ pub fn endpoint(
     identity: &TlsIdentity,
     serve: bool,
 ) -> Result<Endpoint, SimQuicError> {
-    let mut rng = SimRng::new(seed);
-    let provider = seeded_provider(rng.fork());
-    let server = if serve {
-        let mut config = identity.server_config_with(provider.clone(), token_key(&mut rng))?;
-        config.time_source(Arc::new(SimTime(tokio::time::Instant::now())));
-        Some(config)
-    } else {
-        None
-    };
-    let socket = net.bind(addr)?;
-    let mut endpoint =
-        Endpoint::new_with_abstract_socket(endpoint_config(&mut rng), server, socket, Arc::new(TokioRuntime))?;
-    endpoint.set_default_client_config(identity.client_config_with(ALPN, provider)?);
+    let parts = node_quic(seed, identity)?;
+    let mut endpoint = bind(net, addr, parts.endpoint, serve.then_some(parts.server))?;
+    endpoint.set_default_client_config(parts.client);
     Ok(endpoint)
 }
 
-/// quinn's endpoint configuration with a seeded RNG, reset key and connection ids.
-fn endpoint_config(rng: &mut SimRng) -> EndpointConfig {
-    let mut material = [0u8; KEY_MATERIAL];
-    rng.fill(&mut material);
-    let mut config = EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &material)));
-    let mut seed = [0u8; 32];
-    rng.fill(&mut seed);
-    config.rng_seed(Some(seed));
-    let cids = Arc::new(Mutex::new(rng.fork()));
-    config.cid_generator(move || {
-        let seed = cids.lock().unwrap_or_else(PoisonError::into_inner).next_u64();
-        Box::new(SeededCids(SimRng::new(seed)))
-    });
-    config
+/// A quinn endpoint on `net` at `addr`.
+fn bind(
+    net: &SimNetwork,
+    addr: SocketAddr,
+    config: EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> Result<Endpoint, SimQuicError> {
+    let socket = net.bind(addr)?;
+    Ok(Endpoint::new_with_abstract_socket(
+        config,
+        server,
+        socket,
+        Arc::new(TokioRuntime),
+    )?)
+}
+
+/// A node's QUIC settings with every injectable random draw from `seed` (the reset key
+/// from the identity, as on a real node), plus a client-protocol configuration.
+pub fn node_quic(seed: u64, identity: &TlsIdentity) -> Result<SimQuicParts, SimQuicError> {
+    let mut rng = SimRng::new(seed);
+    let provider = seeded_provider(rng.fork());
+    let mut server = identity.server_config_with(provider.clone(), token_key(&mut rng))?;
+    server.time_source(Arc::new(SimTime(tokio::time::Instant::now())));
+    let mut cid_seed = [0u8; 32];
+    rng.fill(&mut cid_seed);
+    let mut rng_seed = [0u8; 32];
+    rng.fill(&mut rng_seed);
+    Ok(SimQuicParts {
+        endpoint: endpoint_config_with(identity, cid_seed, Some(rng_seed)),
+        server,
+        peer: identity.client_config_with(PEER_ALPN, provider.clone())?,
+        client: identity.client_config_with(ALPN, provider)?,
+    })
+}
+
+/// A client's endpoint at `addr` on `net` and its TLS configuration, from `seed`.
+pub fn client_transport(
+    net: &SimNetwork,
+    addr: SocketAddr,
+    seed: u64,
+    identity: &TlsIdentity,
+) -> Result<ClientTransport, SimQuicError> {
+    let parts = node_quic(seed, identity)?;
+    Ok(ClientTransport {
+        endpoint: bind(net, addr, parts.endpoint, None)?,
+        tls: parts.client,
+    })
+}
+
+/// Seeded QUIC settings: a node's parts and a client-protocol configuration.
+pub struct SimQuicParts {
+    /// Reset key, connection ids, quinn's RNG seed.
+    pub endpoint: EndpointConfig,
+    /// The server side, seeded tokens and TLS randomness.
+    pub server: quinn::ServerConfig,
+    /// Dialling with the node-to-node protocol.
+    pub peer: quinn::ClientConfig,
+    /// Dialling with the client protocol.
+    pub client: quinn::ClientConfig,
+}
+
+impl SimQuicParts {
+    /// What a node is made with.
+    pub fn into_node(self) -> QuicParts {
+        QuicParts {
+            endpoint: self.endpoint,
+            server: self.server,
+            peer: self.peer,
+        }
+    }
 }
 
 /// The handshake-token key, as quinn derives it from random bytes.
@@ -118,25 +161,6 @@ impl SecureRandom for SeededRandom {
     fn fill(&self, buf: &mut [u8]) -> Result<(), GetRandomFailed> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).fill(buf);
         Ok(())
-    }
-}
-
-/// Connection ids from the seed, shaped like quinn's random ones.
-struct SeededCids(SimRng);
-
-impl ConnectionIdGenerator for SeededCids {
-    fn generate_cid(&mut self) -> ConnectionId {
-        let mut bytes = [0u8; CID_LEN];
-        self.0.fill(&mut bytes);
-        ConnectionId::new(&bytes)
-    }
-
-    fn cid_len(&self) -> usize {
-        CID_LEN
-    }
-
-    fn cid_lifetime(&self) -> Option<Duration> {
-        None
     }
 }
 

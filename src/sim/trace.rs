@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Events kept for reading (the hash covers all of them).
-const TAIL_LEN: usize = 10_000;
+/// Events kept for reading (the hash covers all of them): a minute of a simulated
+/// cluster under load, ~10 MB.
+pub const TRACE_KEPT: usize = 150_000;
 
 /// What happened to a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,10 +32,12 @@ pub enum TraceKind {
     Unbound,
     /// The receiver's inbox was full.
     Overflow,
+    /// The sending host was not running (crashed or frozen).
+    Silenced,
 }
 
 /// Every kind, in the order of `Trace::counts`.
-const KINDS: [TraceKind; 7] = [
+const KINDS: [TraceKind; 8] = [
     TraceKind::Send,
     TraceKind::Deliver,
     TraceKind::Lost,
@@ -42,6 +45,7 @@ const KINDS: [TraceKind; 7] = [
     TraceKind::Duplicated,
     TraceKind::Unbound,
     TraceKind::Overflow,
+    TraceKind::Silenced,
 ];
 
 /// One event of the trace.
@@ -91,7 +95,7 @@ impl Trace {
         hash_addr(&mut self.hasher, from);
         hash_addr(&mut self.hasher, to);
         self.hasher.update(&(len as u64).to_le_bytes());
-        if self.tail.len() == TAIL_LEN {
+        if self.tail.len() == TRACE_KEPT {
             self.tail.pop_front();
         }
         self.tail.push_back(TraceEvent {

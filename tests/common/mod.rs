@@ -21,6 +21,8 @@ use quorumkv::faults::{Faults, FaultyUdpSocket};
 use quorumkv::node::{Node, NodeParts};
 use quorumkv::pki;
 use quorumkv_client::net::bind_udp;
+use quorumkv_client::transport::MuxConnection;
+use quorumkv_client::wire::{Request, Response};
 use quorumkv_client::{Client, ClientConfig, Record, TlsIdentity};
 
 /// Shape of a test cluster.
@@ -127,7 +129,7 @@ impl TestCluster {
             faults,
         };
         for (i, socket) in sockets.into_iter().enumerate() {
-            let node = cluster.start_node(i, Some(socket)).await;
+            let node = cluster.start_node(i, Some(socket), false).await;
             cluster.nodes.push(Some(node));
         }
         cluster
@@ -137,7 +139,7 @@ impl TestCluster {
         self.config.nodes[i].id.clone()
     }
 
-    async fn start_node(&self, i: usize, socket: Option<std::net::UdpSocket>) -> Node {
+    async fn start_node(&self, i: usize, socket: Option<std::net::UdpSocket>, refill: bool) -> Node {
         let id = self.id(i);
         let socket = match socket {
             Some(s) => s,
@@ -145,6 +147,7 @@ impl TestCluster {
         };
         let mut parts = NodeParts::real(&self.config, &id, Some(socket)).expect("node parts");
         parts.socket = Arc::new(FaultyUdpSocket::new(parts.socket, self.faults[i].clone()));
+        parts.refill = refill;
         Node::start(&self.config, &id, parts).expect("node start")
     }
 
@@ -185,9 +188,36 @@ impl TestCluster {
 
     /// Starts node `i` again on its address and data directory.
     pub async fn restart(&mut self, i: usize) {
+        self.restart_with(i, false).await;
+    }
+
+    /// Starts node `i` again, as `quorumkv node --refill` if `refill`.
+    pub async fn restart_with(&mut self, i: usize, refill: bool) {
         assert!(self.nodes[i].is_none(), "node {i} is still running");
-        let node = self.start_node(i, None).await;
+        let node = self.start_node(i, None, refill).await;
         self.nodes[i] = Some(node);
+    }
+
+    /// Sends `request` to node `i` alone over a connection of its own, as a client.
+    pub async fn ask(&self, i: usize, request: Request) -> Response {
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        let tls = self.client_identity().client_config().unwrap();
+        let conn = endpoint
+            .connect_with(tls, self.config.nodes[i].addr, &self.id(i))
+            .unwrap()
+            .await
+            .expect("a connection");
+        let mux = MuxConnection::<Request, Response>::open(conn, 1 << 20, Default::default(), Default::default())
+            .await
+            .expect("streams");
+        mux.call(request).await.expect("an answer")
     }
 
     pub fn client_identity(&self) -> TlsIdentity {

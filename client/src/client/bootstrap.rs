@@ -83,7 +83,15 @@ async fn dial_any_node(
         addr: seed,
         server_name: crate::tls::SEED_SERVER_NAME.into(),
     };
-    dial(endpoint, tls, &destination, BOOTSTRAP_MAX_FRAME, Arc::default()).await
+    dial(
+        endpoint,
+        tls,
+        &destination,
+        BOOTSTRAP_MAX_FRAME,
+        Arc::default(),
+        Arc::default(),
+    )
+    .await
 }
 
 /// A client endpoint on the loopback or wildcard address of the seeds' family.

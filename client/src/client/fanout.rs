@@ -27,7 +27,7 @@ use super::Inner;
 use crate::error::{ClientError, FailureReason, ReplicaFailure};
 use crate::options::QuorumPlan;
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::transport::{AnswerSink, EncodedRequest, Registration};
+use crate::transport::{AnswerSink, EncodedRequest, Registration, RequestIds};
 use crate::wire::{Request, Response};
 
 /// Counts one send (and its hint) as in flight until dropped.
@@ -233,8 +233,8 @@ impl Drop for Answers {
 pub(super) type ReplicaSend = (usize, Result<EncodedRequest<Request>, String>);
 
 /// `request` encoded once, for every one of `targets`.
-pub(super) fn same_to_all(targets: &[usize], request: &Request) -> Vec<ReplicaSend> {
-    let encoded = EncodedRequest::new(request).map_err(|e| e.to_string());
+pub(super) fn same_to_all(targets: &[usize], request: &Request, ids: &RequestIds) -> Vec<ReplicaSend> {
+    let encoded = EncodedRequest::new(request, ids).map_err(|e| e.to_string());
     targets.iter().map(|&node| (node, encoded.clone())).collect()
 }
 
@@ -377,6 +377,7 @@ impl Inner {
         // out (up to the deadline) so the error says how many did acknowledge.
         while tracker.state() != QuorumState::Reached && tracker.outstanding() > 0 {
             let (source, answer) = tokio::select! {
+                biased;
                 Some(a) = answers.next() => a,
                 _ = &mut deadline => break,
             };

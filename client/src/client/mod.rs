@@ -61,6 +61,19 @@ pub struct ClientConfig {
     /// with [`ClientError::NoSeed`] ([`DEFAULT_CONNECT_TIMEOUT`] by default; the CLI uses
     /// the command's request timeout).
     pub connect_timeout: Duration,
+    /// The QUIC endpoint and TLS configuration to use; `None` (the default): a UDP
+    /// socket on the seeds' loopback or wildcard address and `identity`'s configuration.
+    /// A simulation passes an endpoint on its in-memory network with seeded randomness.
+    pub transport: Option<ClientTransport>,
+}
+
+/// A ready QUIC endpoint and the TLS configuration to dial nodes with.
+#[derive(Clone)]
+pub struct ClientTransport {
+    /// The endpoint every connection of the client is made from.
+    pub endpoint: quinn::Endpoint,
+    /// Verifies nodes and presents the client's certificate (the client protocol).
+    pub tls: quinn::ClientConfig,
 }
 
 impl ClientConfig {
@@ -74,6 +87,7 @@ impl ClientConfig {
             clock: system_clock(),
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            transport: None,
         }
     }
 }
@@ -129,8 +143,13 @@ impl Client {
     /// `config.connect_timeout`. The members that seed sees down are skipped at first, as
     /// if this client had just seen them fail (see [`DOWN_BACKOFF`]).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let tls = config.identity.client_config()?;
-        let endpoint = client_endpoint(&config.seeds)?;
+        let ClientTransport { endpoint, tls } = match config.transport {
+            Some(transport) => transport,
+            None => ClientTransport {
+                endpoint: client_endpoint(&config.seeds)?,
+                tls: config.identity.client_config()?,
+            },
+        };
         let cluster = fetch_cluster(&endpoint, &tls, &config.seeds, config.connect_timeout).await?;
         let ids: Vec<String> = cluster.members.iter().map(|m| m.id.clone()).collect();
         let ring = Ring::new(&ids, cluster.partitions, cluster.replication_factor)
@@ -251,9 +270,9 @@ impl Client {
     }
 
     /// Reads one node's own copy of `key`, without a quorum: for inspecting divergence.
-    /// Returns the raw record (tombstones included).
+    /// Returns the raw record (tombstones included), also from a node still refilling.
     pub async fn get_from(&self, node_id: &str, key: impl Into<Bytes>) -> Result<Option<Record>, ClientError> {
-        let request = Request::Get {
+        let request = Request::GetOwn {
             epoch: self.inner.ring.epoch(),
             key: key.into(),
         };
@@ -328,7 +347,7 @@ impl Client {
             sloppy: options.sloppy,
         };
         // Every replica gets its copy, so the sends beyond `w` finish after we return.
-        let sends = same_to_all(&targets, &request);
+        let sends = same_to_all(&targets, &request, self.inner.nodes.request_ids());
         let answers = self
             .inner
             .fan_out(sends, &fallbacks, request, plan.timeout, hints, true);
@@ -388,7 +407,7 @@ impl Inner {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, FailureReason> {
-        match EncodedRequest::new(&request) {
+        match EncodedRequest::new(&request, self.nodes.request_ids()) {
             Ok(encoded) => self.send_with_timeout(node, encoded, timeout).await,
             Err(e) => Err(FailureReason::Unreachable(e.to_string())),
         }

@@ -95,11 +95,15 @@ impl Inner {
             epoch,
             key: key.clone(),
         };
-        let get_encoded = EncodedRequest::new(&get).map_err(|e| e.to_string());
-        let version_encoded = EncodedRequest::new(&Request::GetVersion {
-            epoch,
-            key: key.clone(),
-        })
+        let ids = self.nodes.request_ids();
+        let get_encoded = EncodedRequest::new(&get, ids).map_err(|e| e.to_string());
+        let version_encoded = EncodedRequest::new(
+            &Request::GetVersion {
+                epoch,
+                key: key.clone(),
+            },
+            ids,
+        )
         .map_err(|e| e.to_string());
         let sends = targets
             .iter()
