@@ -61,6 +61,43 @@ async fn put_get_delete_round_trip() {
     cluster.shutdown().await;
 }
 
+/// A sloppy write counts each node once: with n3 cut off, the hint for n3 can only go to
+/// n1 or n2, which hold their own copy already, so w = 3 is two copies and must fail,
+/// while w = 2 succeeds and n3 gets its copy through the hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sloppy_write_counts_each_node_once() {
+    let cluster = TestCluster::start(Shape::three()).await;
+    let client = cluster.client().await;
+    cluster.isolate(2);
+    let sloppy = |w| WriteOptions {
+        sloppy: true,
+        timeout: Some(Duration::from_secs(1)),
+        ..self::w(3, w)
+    };
+    // A read that waits for n3 in vain marks it down, so that the write below hands n3's
+    // copy to a fallback at once (not only at its deadline, too late to count).
+    let all = ReadOptions {
+        timeout: Some(Duration::from_secs(1)),
+        ..r(3, 3)
+    };
+    client.get_with("k", &all).await.unwrap_err();
+    let err = client.put_with("k", "three", &sloppy(3)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unavailable { acked: 2, .. }),
+        "two nodes are two copies, whatever hints they hold: {err:?}"
+    );
+    let written = client.put_with("k", "two", &sloppy(2)).await.unwrap();
+    cluster.heal();
+    wait_until("n3 gets its copy through the hint", Duration::from_secs(30), || async {
+        match client.get_from("n3", "k").await {
+            Ok(Some(record)) if record.version >= written => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_down_quorums_of_two_still_work() {
     let mut cluster = TestCluster::start(Shape::three()).await;

@@ -47,6 +47,13 @@ impl QuorumTracker {
         self.contacted += 1;
     }
 
+    /// An acknowledgement from a node that already acknowledged (its own copy, then a
+    /// hint it holds for another replica): one node is one copy, so it counts neither as
+    /// an acknowledgement nor as a failure, and one answer fewer is awaited.
+    pub fn same_node_again(&mut self) {
+        self.contacted = self.contacted.saturating_sub(1);
+    }
+
     /// Records a failure.
     pub fn fail(&mut self, failure: ReplicaFailure) -> QuorumState {
         self.failures.push(failure);
@@ -93,6 +100,21 @@ impl QuorumTracker {
 #[cfg(test)]
 mod tests {
     use super::{QuorumState, QuorumTracker};
+
+    #[test]
+    fn a_node_acknowledging_twice_counts_once() {
+        let mut tracker = QuorumTracker::new(3, 3);
+        tracker.expect_one_more();
+        tracker.ack();
+        tracker.ack();
+        tracker.same_node_again();
+        assert_eq!(tracker.state(), QuorumState::Pending);
+        assert_eq!(
+            tracker.outstanding(),
+            1,
+            "only the third replica's answer can still count"
+        );
+    }
     use crate::error::{FailureReason, ReplicaFailure};
 
     fn failure() -> ReplicaFailure {

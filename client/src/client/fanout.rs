@@ -175,15 +175,24 @@ impl Answers {
     }
 
     fn send_hint(&mut self, owner: usize) {
-        // Each failed target tries the fallbacks starting at its own offset, spreading hints.
+        // Nodes that are not targets first, each failed target starting at its own offset
+        // (spreading hints); then the other targets, whose hint adds no copy of its own
+        // but still reaches the owner later.
         let offset = self.targets.iter().position(|&t| t == owner).unwrap_or(0);
-        let candidates: Vec<usize> = self
+        let proper: Vec<usize> = self
             .fallbacks
+            .iter()
+            .copied()
+            .filter(|f| !self.targets.contains(f))
+            .collect();
+        let others = self.targets.iter().copied().filter(|&t| t != owner);
+        let candidates: Vec<usize> = proper
             .iter()
             .cycle()
             .skip(offset)
-            .take(self.fallbacks.len())
+            .take(proper.len())
             .copied()
+            .chain(others)
             .collect();
         let (inner, request, timeout) = (self.inner.clone(), self.request.clone(), self.timeout);
         self.pending
@@ -371,6 +380,10 @@ impl Inner {
         let mut tracker = QuorumTracker::new(targets.len(), plan.needed);
         let mut results = Vec::with_capacity(plan.needed);
         let mut heard = vec![false; self.cluster.members.len()];
+        // Nodes whose acknowledgement counted: a sloppy write's hint held by a node that
+        // also stored its own copy is the same copy, and must not count twice (the
+        // simulator found w = 2 writes held by one node, lost with its disk).
+        let mut counted = vec![false; self.cluster.members.len()];
         let deadline = tokio::time::sleep(plan.timeout);
         tokio::pin!(deadline);
         // Stop as soon as the quorum is reached; when it cannot be, still hear the others
@@ -396,6 +409,7 @@ impl Inner {
                 continue;
             }
             match answer.and_then(&judge) {
+                Ok(_) if std::mem::replace(&mut counted[node], true) => tracker.same_node_again(),
                 Ok(value) => {
                     results.push((node, value));
                     tracker.ack();
