@@ -16,11 +16,14 @@ use quorumkv::sim::plan::Plan;
 use quorumkv::sim::run::{run, settings_with_grace, RunReport};
 use quorumkv_client::{ReadOptions, WriteOptions};
 
-/// Seeds run by default: about three simulated hours, ~40 s on two cores in a debug build.
+/// Seeds run by default: about eight simulated hours, ~55 s on two cores in a debug build.
 const DEFAULT_SEEDS: u64 = 300;
 /// Seeds that once failed, run first every time: 35 (a wiped replica answered "not found"
-/// for writes it had acknowledged; see `a_wiped_replica_never_answers_not_found_for_what_it_lost`).
-const REGRESSION_SEEDS: &[u64] = &[35];
+/// for writes it had acknowledged; see `a_wiped_replica_never_answers_not_found_for_what_it_lost`),
+/// 1220 and 2161 (a sloppy write counted a hint held by a node that also stored its own
+/// copy, so w = 2 was one node, lost with its disk; see `tests/cluster.rs`,
+/// `a_sloppy_write_counts_each_node_once`).
+const REGRESSION_SEEDS: &[u64] = &[35, 1220, 2161];
 
 /// The certificates every run uses: one set per process, so runs compare exactly.
 fn identities() -> Arc<SimIdentities> {

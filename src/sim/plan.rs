@@ -80,12 +80,21 @@ pub struct Plan {
     pub keys: usize,
     /// How long clients work while faults happen.
     pub fault_phase: Duration,
-    /// `tombstone_grace_ms`, short enough that purges happen during a run.
+    /// `tombstone_grace_ms`: longer than the fault phase, so longer than any outage and
+    /// hint backlog, as the README asks (a hint older than a tombstone purged everywhere
+    /// brings its value back: the simulator found that with a shorter grace); short
+    /// enough that the purge phase purges.
     pub grace_ms: u64,
     /// Each node's clock skew, µs (within and beyond the cluster's 5 s limit).
     pub skews: Vec<i64>,
     /// Faults by time from the start, in time order.
     pub faults: Vec<(Duration, Fault)>,
+    /// How long the purge phase lasts (clients idle, tombstones come of age): the grace
+    /// and a few anti-entropy rounds.
+    pub purge_phase: Duration,
+    /// Cuts during the purge phase, by time from its start, in time order: each shorter
+    /// than the grace.
+    pub purge_faults: Vec<(Duration, Fault)>,
     /// Whether a disk is wiped (writes then use `w >= 2`).
     pub wipes: bool,
     /// Mean pause between one client's operations.
@@ -94,6 +103,10 @@ pub struct Plan {
 
 /// Longest a fault lasts before its end is scheduled.
 const MAX_FAULT: Duration = Duration::from_secs(12);
+/// Longest cut of the purge phase.
+const MAX_PURGE_CUT: Duration = Duration::from_secs(5);
+/// The purge phase lasts the grace and this: a few anti-entropy rounds to confirm and purge.
+const PURGE_ROUNDS: Duration = Duration::from_secs(10);
 /// Largest clock skew drawn, µs: beyond the 5 s limit, so some nodes refuse writes.
 const MAX_SKEW_MICROS: u64 = 7_000_000;
 
@@ -116,9 +129,11 @@ impl Plan {
             clients: 2 + rng.up_to(1) as usize,
             keys: 4 + rng.up_to(20) as usize,
             fault_phase,
-            grace_ms: 3_000 + rng.up_to(12_000),
+            grace_ms: fault_phase.as_millis() as u64 + 5_000 + rng.up_to(20_000),
             skews,
             faults: Vec::new(),
+            purge_phase: Duration::ZERO,
+            purge_faults: Vec::new(),
             wipes: false,
             think: Duration::from_millis(20 + rng.up_to(180)),
         };
@@ -127,7 +142,27 @@ impl Plan {
             plan.add_fault(&mut rng);
         }
         plan.faults.sort_by_key(|(at, _)| *at);
+        plan.purge_phase = Duration::from_millis(plan.grace_ms) + PURGE_ROUNDS;
+        for _ in 0..rng.up_to(3) {
+            plan.add_purge_cut(&mut rng);
+        }
+        plan.purge_faults.sort_by_key(|(at, _)| *at);
         plan
+    }
+
+    /// Draws one cut of the purge phase and its end (every cut there heals them all).
+    fn add_purge_cut(&mut self, rng: &mut SimRng) {
+        let at = Duration::from_millis(rng.up_to(self.purge_phase.as_millis() as u64));
+        let end = (at + Duration::from_millis(500 + rng.up_to(MAX_PURGE_CUT.as_millis() as u64))).min(self.purge_phase);
+        let a = rng.up_to(self.nodes as u64 - 1) as usize;
+        let b = (a + 1 + rng.up_to(self.nodes as u64 - 2) as usize) % self.nodes;
+        let cut = match rng.up_to(2) {
+            0 => Fault::OneWay { from: a, to: b },
+            1 => Fault::Pair { a, b },
+            _ => Fault::Split { side: vec![a] },
+        };
+        self.purge_faults.push((at, cut));
+        self.purge_faults.push((end, Fault::HealCuts));
     }
 
     /// Draws one fault and its end.
@@ -192,6 +227,10 @@ impl fmt::Display for Plan {
         for (at, fault) in &self.faults {
             writeln!(f, "  {at:>10.3?}  {fault:?}")?;
         }
+        writeln!(f, "  then heal, converge, and a purge phase of {:?}:", self.purge_phase)?;
+        for (at, fault) in &self.purge_faults {
+            writeln!(f, "  {at:>10.3?}  {fault:?}")?;
+        }
         Ok(())
     }
 }
@@ -207,6 +246,13 @@ mod tests {
             .flat_map(|seed| Plan::draw(seed).faults.into_iter().map(|(_, f)| f.kind()))
             .collect();
         assert_eq!(kinds.len(), 11, "every kind of fault is drawn by some seed: {kinds:?}");
+        for plan in (0..200).map(Plan::draw) {
+            assert!(
+                plan.grace_ms > plan.fault_phase.as_millis() as u64,
+                "grace outlasts every outage"
+            );
+            assert!(plan.purge_faults.iter().all(|(at, _)| *at <= plan.purge_phase));
+        }
         assert!((0..200).any(|seed| Plan::draw(seed).nodes == 5));
         assert!((0..200).all(|seed| Plan::draw(seed)
             .faults

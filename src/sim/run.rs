@@ -1,5 +1,6 @@
 //! One simulated run of a [`Plan`]: start the cluster, run the clients' workload while
-//! the faults happen, heal everything, wait for convergence, then check.
+//! the faults happen, heal everything, wait for convergence; then a purge phase (clients
+//! idle, tombstones come of age, short cuts), heal and converge again, then check.
 //!
 //! Checked after every run: the faults issue's promises P1-P4 over the recorded history
 //! ([`crate::history`]), and what only the simulator can see directly: every replica's
@@ -120,8 +121,23 @@ pub async fn run(plan: Plan, identities: Arc<SimIdentities>, trace_to: Option<&P
     let healed = tokio::time::Instant::now();
     let history = recorder.history();
     let keys: Vec<String> = (0..plan.keys).map(key_name).collect();
-    let copies = converge(&cluster, &keys).await;
+    let converged = converge(&cluster, &keys).await;
     let took = healed.elapsed();
+    // The purge phase: clients done, the fault phase's tombstones come of age and are
+    // purged while short cuts come and go; then everything must still hold.
+    let purge_began = tokio::time::Instant::now();
+    for (at, fault) in &plan.purge_faults {
+        tokio::time::sleep_until(purge_began + *at).await;
+        if fault.is_injection() {
+            *faults.entry(fault.kind()).or_insert(0) += 1;
+        }
+        apply(&mut cluster, fault)?;
+    }
+    tokio::time::sleep_until(purge_began + plan.purge_phase).await;
+    heal(&mut cluster)?;
+    let healed_again = tokio::time::Instant::now();
+    let copies = converge(&cluster, &keys).await;
+    let took_again = healed_again.elapsed();
     let finals: BTreeMap<String, Option<Record>> = copies
         .iter()
         .map(|(key, replicas)| (key.clone(), replicas.first().and_then(|(_, copy)| copy.clone())))
@@ -130,11 +146,10 @@ pub async fn run(plan: Plan, identities: Arc<SimIdentities>, trace_to: Option<&P
     broken.extend(check_final(&history, &finals));
     let window = window_of(&history, &broken);
     let mut violations: Vec<String> = broken.iter().map(ToString::to_string).collect();
-    violations.extend(
-        check_convergence(&copies, took, CONVERGENCE_BOUND)
-            .iter()
-            .map(ToString::to_string),
-    );
+    for (copies, took) in [(&converged, took), (&copies, took_again)] {
+        let unconverged = check_convergence(copies, took, CONVERGENCE_BOUND);
+        violations.extend(unconverged.iter().map(ToString::to_string));
+    }
     violations.extend(invariants::trees_match_data(&cluster).await);
     violations.extend(invariants::hints_drained(&cluster));
     let grace = Duration::from_millis(plan.grace_ms);
