@@ -92,7 +92,9 @@ fn seeds() -> Vec<u64> {
         return vec![seed];
     }
     let count = number("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
-    REGRESSION_SEEDS.iter().copied().chain(1..=count).collect()
+    let mut seeds: Vec<u64> = REGRESSION_SEEDS.to_vec();
+    seeds.extend((1..=count).filter(|s| !REGRESSION_SEEDS.contains(s)));
+    seeds
 }
 
 fn describe(report: &RunReport) -> String {

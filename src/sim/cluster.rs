@@ -90,6 +90,8 @@ struct SimMember {
     node: Option<Node>,
     /// Its disk was wiped since it last ran: the operator restarts it with `--refill`.
     wiped: bool,
+    /// Its disk fails every commit and fsync.
+    disk_failing: bool,
 }
 
 /// A simulated cluster.
@@ -139,6 +141,7 @@ impl SimCluster {
                 clock: Arc::new(SimClock::new()),
                 node: None,
                 wiped: false,
+                disk_failing: false,
             })
             .collect();
         let mut cluster = SimCluster {
@@ -244,9 +247,38 @@ impl SimCluster {
         };
         self.net.unplug(self.members[i].addr);
         node.crash();
+        // What a power cut leaves, on a disk that works (a failing one is replaced).
         self.members[i].disk = self.members[i].disk.crash();
+        self.members[i].disk_failing = false;
         let id = self.members[i].id.clone();
         self.note(format!("{id} crashed"));
+    }
+
+    /// Makes node `i`'s disk fail every commit and fsync from now on: its store poisons at
+    /// the next write and the node stops itself, as a real one exits on a failed fsync.
+    pub fn fail_disk(&mut self, i: usize) {
+        self.members[i].disk.fail_from_now(true);
+        self.members[i].disk_failing = true;
+        let id = self.members[i].id.clone();
+        self.note(format!("{id}'s disk fails"));
+    }
+
+    /// Brings node `i` back to serving: a node whose disk fails (or failed) is
+    /// power-cycled onto a disk that works again, as after replacing a controller (what
+    /// it synced before is there); a node that is down is started.
+    pub fn recover(&mut self, i: usize) -> anyhow::Result<()> {
+        let failed = self.members[i].node.as_ref().is_some_and(Node::storage_failed);
+        if self.members[i].disk_failing || failed {
+            self.crash(i);
+        }
+        if self.members[i].disk_failing {
+            self.members[i].disk.fail_from_now(false);
+            self.members[i].disk_failing = false;
+        }
+        if self.members[i].node.is_none() {
+            self.restart(i)?;
+        }
+        Ok(())
     }
 
     /// Crashes node `i` and gives it an empty disk (it must be restarted; it is, with

@@ -32,6 +32,8 @@ pub enum Fault {
     Crash(usize),
     /// Node `i` loses power and its disk.
     Wipe(usize),
+    /// Node `i`'s disk fails every commit and fsync: the node must stop itself.
+    DiskFails(usize),
     /// Node `i` starts again on what its disk kept.
     Restart(usize),
     /// Node `i` stops sending and reading (a stopped process).
@@ -52,6 +54,7 @@ impl Fault {
             Fault::HealCuts => "heal cuts",
             Fault::Crash(_) => "crash",
             Fault::Wipe(_) => "disk wipe",
+            Fault::DiskFails(_) => "failing disk",
             Fault::Restart(_) => "restart",
             Fault::Freeze(_) => "freeze",
             Fault::Thaw(_) => "thaw",
@@ -203,6 +206,8 @@ impl Plan {
                 if !self.wipes && rng.chance(0.25) {
                     self.wipes = true;
                     (Fault::Wipe(i), Fault::Restart(i))
+                } else if rng.chance(0.15) {
+                    (Fault::DiskFails(i), Fault::Restart(i))
                 } else {
                     (Fault::Crash(i), Fault::Restart(i))
                 }
@@ -245,7 +250,7 @@ mod tests {
         let kinds: std::collections::BTreeSet<&str> = (0..200)
             .flat_map(|seed| Plan::draw(seed).faults.into_iter().map(|(_, f)| f.kind()))
             .collect();
-        assert_eq!(kinds.len(), 11, "every kind of fault is drawn by some seed: {kinds:?}");
+        assert_eq!(kinds.len(), 12, "every kind of fault is drawn by some seed: {kinds:?}");
         for plan in (0..200).map(Plan::draw) {
             assert!(
                 plan.grace_ms > plan.fault_phase.as_millis() as u64,

@@ -202,11 +202,8 @@ fn apply(cluster: &mut SimCluster, fault: &Fault) -> anyhow::Result<()> {
         Fault::HealCuts => cluster.heal_cuts(),
         Fault::Crash(i) => cluster.crash(*i),
         Fault::Wipe(i) => cluster.wipe(*i),
-        Fault::Restart(i) => {
-            if cluster.node(*i).is_none() {
-                cluster.restart(*i)?;
-            }
-        }
+        Fault::DiskFails(i) => cluster.fail_disk(*i),
+        Fault::Restart(i) => cluster.recover(*i)?,
         Fault::Freeze(i) => cluster.freeze(*i),
         Fault::Thaw(i) => cluster.thaw(*i),
     }
@@ -219,9 +216,7 @@ fn heal(cluster: &mut SimCluster) -> anyhow::Result<()> {
     cluster.heal_cuts();
     for i in 0..cluster.len() {
         cluster.thaw(i);
-        if cluster.node(i).is_none() {
-            cluster.restart(i)?;
-        }
+        cluster.recover(i)?;
     }
     Ok(())
 }
