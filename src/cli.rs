@@ -62,8 +62,9 @@ enum Command {
         /// Stop when stdin closes (`up` runs its nodes so, to stop them with it).
         #[arg(long, hide = true)]
         stop_with_parent: bool,
-        /// The node's disk was lost or replaced: if its store is empty, serve reads
-        /// through the other replicas until each partition is synced with all of them.
+        /// The node's disk was lost or replaced: serve reads through the other replicas
+        /// until each partition is synced with all of them (give it on every start until
+        /// the log says `refilled`).
         #[arg(long)]
         refill: bool,
     },

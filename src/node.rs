@@ -60,9 +60,9 @@ pub struct NodeParts {
     pub quic: QuicParts,
     /// The operating system, or a simulation.
     pub host: Host,
-    /// The operator says this node lost its disk (`quorumkv node --refill`): if its store
-    /// is empty, it serves reads through the other replicas until each of its partitions
-    /// is synced with all of them (see [`crate::refill`]).
+    /// The operator says this node lost its disk (`quorumkv node --refill`, on every
+    /// start until the log says `refilled`): it serves reads through the other replicas
+    /// until each of its partitions is synced with all of them (see [`crate::refill`]).
     pub refill: bool,
 }
 
@@ -175,16 +175,12 @@ impl Node {
             limits: RecordLimits::of(config),
             convergence: config.convergence,
             counters: ServiceCounters::new(ring.members().len()),
-            refill: Refill::new(parts.refill && parts.storage.started_empty(), &ring, me),
+            refill: Refill::new(parts.refill, &ring, me),
             ring: ring.clone(),
             host: parts.host,
         });
-        match (parts.refill, parts.storage.started_empty()) {
-            (true, true) => tracing::info!(
-                "node {id}: refilling an empty store; reads go through the other replicas until each partition is synced"
-            ),
-            (true, false) => tracing::info!("node {id}: --refill ignored, the store holds data"),
-            (false, _) => {}
+        if parts.refill {
+            tracing::info!("node {id}: refilling; reads go through the other replicas until each partition is synced");
         }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();

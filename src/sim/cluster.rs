@@ -88,8 +88,9 @@ struct SimMember {
     clock: Arc<SimClock>,
     /// The running incarnation, if any.
     node: Option<Node>,
-    /// Its disk was wiped since it last ran: the operator restarts it with `--refill`.
-    wiped: bool,
+    /// Its disk was wiped and it has not refilled since: the operator starts it with
+    /// `--refill`, as the README says, until it logs `refilled`.
+    refilling: bool,
     /// Its disk fails every commit and fsync.
     disk_failing: bool,
 }
@@ -140,7 +141,7 @@ impl SimCluster {
                 disk: MemEngine::new(),
                 clock: Arc::new(SimClock::new()),
                 node: None,
-                wiped: false,
+                refilling: false,
                 disk_failing: false,
             })
             .collect();
@@ -229,11 +230,10 @@ impl SimCluster {
             storage,
             quic: node_quic(seed, identity)?.into_node(),
             host: Host::Simulated,
-            refill: member.wiped,
+            refill: member.refilling,
         };
         let node = Node::start(&self.config, &member.id, parts).with_context(|| format!("starting {}", member.id))?;
         self.members[i].node = Some(node);
-        self.members[i].wiped = false;
         let id = self.members[i].id.clone();
         self.note(format!("{id} started"));
         Ok(())
@@ -246,6 +246,9 @@ impl SimCluster {
             return;
         };
         self.net.unplug(self.members[i].addr);
+        if !node.context().refill.any() {
+            self.members[i].refilling = false;
+        }
         node.crash();
         // What a power cut leaves, on a disk that works (a failing one is replaced).
         self.members[i].disk = self.members[i].disk.crash();
@@ -286,7 +289,7 @@ impl SimCluster {
     pub fn wipe(&mut self, i: usize) {
         self.crash(i);
         self.members[i].disk = MemEngine::new();
-        self.members[i].wiped = true;
+        self.members[i].refilling = true;
         let id = self.members[i].id.clone();
         self.note(format!("{id} wiped"));
     }

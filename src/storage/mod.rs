@@ -229,8 +229,6 @@ pub trait Storage: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Whether a fatal error happened: the node must stop.
     fn is_poisoned(&self) -> bool;
-    /// Whether the store held no record when it was opened (a new or a wiped node).
-    fn started_empty(&self) -> bool;
     /// Keys stored and bytes on disk, now.
     fn usage(&self) -> StorageUsage;
     /// Sizes and times of the writer's group commits.

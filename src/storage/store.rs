@@ -84,8 +84,6 @@ pub struct Store<E: Engine> {
     hint_counts: Arc<Mutex<HashMap<String, u64>>>,
     /// Group commit sizes and times, kept by the writer.
     commits: Arc<CommitMetrics>,
-    /// Whether the records keyspace held nothing at open.
-    started_empty: bool,
 }
 
 impl<E: Engine> Store<E> {
@@ -99,11 +97,6 @@ impl<E: Engine> Store<E> {
         let driver = Driver::new(E::WORK, runtime.clone());
         let forest = Arc::new(Forest::new(options.partitions));
         let hint_counts = Arc::new(Mutex::new(count_hints(&engine)?));
-        let mut started_empty = true;
-        engine.scan(Space::Records, (Bound::Unbounded, Bound::Unbounded), |_, _| {
-            started_empty = false;
-            Ok(Scan::Stop)
-        })?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         // Taken before the writer starts: every later write is a delta on top of it.
         driver.rebuild(Rebuild::new(engine.snapshot(), forest.clone()), tx.clone())?;
@@ -142,7 +135,6 @@ impl<E: Engine> Store<E> {
             forest,
             hint_counts,
             commits,
-            started_empty,
         })
     }
 
@@ -368,10 +360,6 @@ impl<E: Engine> Storage for Store<E> {
 
     fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Relaxed)
-    }
-
-    fn started_empty(&self) -> bool {
-        self.started_empty
     }
 
     fn usage(&self) -> StorageUsage {
