@@ -40,10 +40,9 @@ pub async fn trees_match_data(cluster: &SimCluster) -> Vec<String> {
                 .iter()
                 .map(|e| (key_hash(&e.key), entry_hash(&e.key, e.version, e.tombstone)));
             fresh.toggle_all(deltas);
-            match page.through.checked_add(1) {
-                Some(next) if page.through < u64::MAX => start = next,
-                _ => break,
-            }
+            // A page ends at the last hash it covers; the next starts after it.
+            let Some(next) = page.through.checked_add(1) else { break };
+            start = next;
         }
         let kept = storage.forest();
         let differing: Vec<u32> = (0..partitions).filter(|&p| kept.root(p) != fresh.root(p)).collect();
