@@ -1,21 +1,37 @@
-//! The join replay that decides which member owns which ring slot (see the parent
-//! module for the scheme and why). Pure code, used only by [`super::Ring::new`].
+//! Joins: how a node that owns nothing claims its fair share of ring slots (see the
+//! parent module for the scheme and why). Pure code, used by [`super::Ring::new`] to
+//! replay the joins of a member list.
 
 use std::cmp::Reverse;
 
 use super::{token, walk};
 
-/// Owner of every slot after replaying the joins of `members` in order.
+/// Owner of every slot after replaying the joins of `members` in order. The caller
+/// has checked 1 <= members <= partitions.
 pub(super) fn claim_slots(members: &[String], partitions: u32, rf: usize) -> Vec<u16> {
+    let mut counts = vec![0; members.len()];
+    counts[0] = partitions;
     let mut claims = Claims {
         owners: vec![0; partitions as usize],
-        counts: vec![partitions],
+        counts,
+        active: 1,
         rf,
     };
-    for id in &members[1..] {
-        Join::start(&mut claims, id).run();
+    for (index, id) in members.iter().enumerate().skip(1) {
+        Join::start(&mut claims, index as u16, id).run();
     }
     claims.owners
+}
+
+/// How many slots within `rf - 1` of `slot` (either side) `member` owns.
+pub(super) fn owned_near(owners: &[u16], slot: usize, member: u16, rf: usize) -> usize {
+    let q = owners.len();
+    let mut count = 0;
+    for d in 1..rf.min(q) {
+        count += usize::from(owners[(slot + d) % q] == member);
+        count += usize::from(owners[(slot + q - d) % q] == member);
+    }
+    count
 }
 
 /// Whether every partition whose replica window covers `slot` has only replicas from
@@ -42,8 +58,10 @@ fn replicas_within(owners: &[u16], slot: usize, old: &[u16], rf: usize, joiner: 
 struct Claims {
     /// Owner (member index) of each slot.
     owners: Vec<u16>,
-    /// Slots held per member, for balancing.
+    /// Slots held per roster member, for balancing; inactive members hold 0.
     counts: Vec<u32>,
+    /// Members owning at least one slot: fair shares divide by this, not the roster.
+    active: usize,
     /// Replication factor: the window in which a node should not repeat.
     rf: usize,
 }
@@ -62,13 +80,7 @@ impl Claims {
 
     /// How many slots within `rf - 1` of `slot` (either side) `member` owns.
     fn owned_near(&self, slot: usize, member: u16) -> usize {
-        let q = self.owners.len();
-        let mut count = 0;
-        for d in 1..self.rf.min(q) {
-            count += usize::from(self.owners[(slot + d) % q] == member);
-            count += usize::from(self.owners[(slot + q - d) % q] == member);
-        }
-        count
+        owned_near(&self.owners, slot, member, self.rf)
     }
 }
 
@@ -83,7 +95,8 @@ struct Join<'a> {
     claims: &'a mut Claims,
     /// Index of the joining member.
     node: u16,
-    /// floor(partitions / members): the joiner's final count and every member's floor.
+    /// floor(partitions / active members after the join): the joiner's final count and
+    /// every member's floor.
     target: u32,
     /// Slots still to take.
     left: u32,
@@ -97,14 +110,13 @@ struct Join<'a> {
 }
 
 impl<'a> Join<'a> {
-    /// Appends the next member (`id`) to `claims` with no slots yet.
-    fn start(claims: &'a mut Claims, id: &str) -> Join<'a> {
+    /// Starts the join of roster member `node` (id `id`, owning no slot) to `claims`.
+    fn start(claims: &'a mut Claims, node: u16, id: &str) -> Join<'a> {
         let q = claims.owners.len();
-        let node = claims.counts.len() as u16;
-        let target = (q / (claims.counts.len() + 1)) as u32;
+        let target = (q / (claims.active + 1)) as u32;
         let excess = claims.counts.iter().map(|&c| c.saturating_sub(target + 1)).sum();
-        let old_replicas = (claims.counts.len() > claims.rf).then(|| claims.replica_sets());
-        claims.counts.push(0);
+        let old_replicas = (claims.active > claims.rf).then(|| claims.replica_sets());
+        claims.active += 1;
         let offset = token(id, q);
         Join {
             claims,
@@ -120,6 +132,9 @@ impl<'a> Join<'a> {
     /// Takes `target` slots, aiming at evenly spaced positions round the ring.
     fn run(mut self) {
         let q = self.claims.owners.len();
+        if self.target == 0 {
+            return; // more members than slots: the caller refuses this join
+        }
         let spacing = q / self.target as usize;
         for i in 0..self.target as usize {
             let aim = (self.offset + i * q / self.target as usize) % q;
