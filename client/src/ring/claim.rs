@@ -1,10 +1,11 @@
 //! Joins: how a node that owns nothing claims its fair share of ring slots (see the
 //! parent module for the scheme and why). Pure code, used by [`super::Ring::new`] to
-//! replay the joins of a member list.
+//! replay the joins of a member list and by [`super::owners_after_join`] for one join
+//! onto a stored layout. Leaving is in `leave.rs`.
 
 use std::cmp::Reverse;
 
-use super::{token, walk};
+use super::{token, walk, Ring};
 
 /// Owner of every slot after replaying the joins of `members` in order. The caller
 /// has checked 1 <= members <= partitions.
@@ -20,6 +21,23 @@ pub(super) fn claim_slots(members: &[String], partitions: u32, rf: usize) -> Vec
     for (index, id) in members.iter().enumerate().skip(1) {
         Join::start(&mut claims, index as u16, id).run();
     }
+    claims.owners
+}
+
+/// The slot owners after roster member `node` (owning nothing, with the caller having
+/// checked active + 1 <= partitions) joins `ring`.
+pub(super) fn claim_join(ring: &Ring, node: u16) -> Vec<u16> {
+    let mut counts = vec![0; ring.members().len()];
+    for &owner in ring.owners() {
+        counts[usize::from(owner)] += 1;
+    }
+    let mut claims = Claims {
+        owners: ring.owners().to_vec(),
+        counts,
+        active: ring.active().len(),
+        rf: ring.replication_factor(),
+    };
+    Join::start(&mut claims, node, &ring.members()[usize::from(node)]).run();
     claims.owners
 }
 

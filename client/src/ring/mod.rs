@@ -24,6 +24,18 @@
 //! Measured over random member sets of 3..24 nodes (256 partitions with rf 1..5, 1024
 //! with rf 3), no node was more than 12% off its fair share of replicas. (Purely hashed
 //! tokens leave ~10% of such member sets with a node more than 25% off.)
+//!
+//! Later layouts come from the change functions, each moving no more than it must:
+//! - [`owners_after_join`]: the joiner takes its fair share the way a replayed join
+//!   does, refusing any slot that would bring a replica other than itself into a
+//!   partition, so each partition's replica set gains at most the joiner and only about
+//!   its share of partitions change.
+//! - [`owners_after_leave`]: only the leaver's slots move, to the remaining members
+//!   (each kept within floor/ceil of partitions / active). Partitions without the
+//!   leaver keep their replica set exactly; one with it loses the leaver and gains one
+//!   other member (checked per slot; in the rare case no balanced choice passes the
+//!   check, balance wins and a partition may gain two).
+//! - [`owners_after_replace`]: the new node takes exactly the old node's slots.
 
 /// Largest supported partition count; member indices then fit a `u16` per slot.
 pub const MAX_PARTITIONS: u32 = 1 << 16;
@@ -234,13 +246,18 @@ fn preference_lists(owners: &[u16], active: usize) -> Vec<usize> {
     flat
 }
 
+mod change;
 mod claim;
 mod error;
+mod leave;
 
 use claim::claim_slots;
 use error::{validate_new, validate_owners, validate_roster, validate_shape};
 
+pub use change::{owners_after_join, owners_after_leave, owners_after_replace};
 pub use error::RingError;
 
+#[cfg(test)]
+mod change_tests;
 #[cfg(test)]
 mod tests;
