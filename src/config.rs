@@ -53,6 +53,11 @@ pub struct ClusterConfig {
     /// Directory of the file this was loaded from; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Nodes this process runs that `[[nodes]]` does not list (`quorumkv node --id ID
+    /// --addr ADDR`): they join once a layout names them, and are not part of the
+    /// version-1 layout cluster.toml seeds.
+    #[serde(skip)]
+    pub joining: Vec<NodeConfig>,
 }
 
 /// Default n/w/r and timeout of requests that do not choose their own.
@@ -499,9 +504,37 @@ impl ClusterConfig {
         }
     }
 
-    /// The member with this id.
+    /// The node with this id: listed in `[[nodes]]`, or joining.
     pub fn node(&self, id: &str) -> Option<&NodeConfig> {
-        self.nodes.iter().find(|n| n.id == id)
+        self.nodes.iter().chain(&self.joining).find(|n| n.id == id)
+    }
+
+    /// Runs node `id` at `addr`: for a node `[[nodes]]` does not list (a node joining the
+    /// cluster), or to check that a listed one listens there.
+    pub fn with_node_addr(mut self, id: &str, addr: SocketAddr) -> Result<ClusterConfig, String> {
+        if !valid_node_id(id) {
+            return Err(format!(
+                "--id {id:?}: use 1-63 lowercase letters, digits or '-', starting with a letter"
+            ));
+        }
+        match self.nodes.iter().find(|n| n.id == id) {
+            Some(listed) if listed.addr != addr => Err(format!(
+                "--addr {addr}: cluster.toml lists {id} at {}; drop --addr or fix cluster.toml",
+                listed.addr
+            )),
+            Some(_) => Ok(self),
+            None => {
+                if let Some(other) = self.nodes.iter().find(|n| n.addr == addr) {
+                    return Err(format!("--addr {addr} is the address of {} in cluster.toml", other.id));
+                }
+                self.joining.push(NodeConfig {
+                    id: id.to_string(),
+                    addr,
+                    metrics_addr: None,
+                });
+                Ok(self)
+            }
+        }
     }
 
     /// Node ids in join order.
@@ -526,6 +559,7 @@ impl ClusterConfig {
                     addr: n.addr,
                 })
                 .collect(),
+            layout: None,
             partitions: self.partitions,
             replication_factor: self.replication_factor,
             defaults: QuorumDefaults {

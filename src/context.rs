@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quorumkv_client::clock::Clock;
-use quorumkv_client::ring::Ring;
 use quorumkv_client::wire::{AgreementSummary, NodeStatus, NodeSummary, PartitionStatus, ReplicaAgreement};
 
 use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
 use crate::config::Convergence;
+use crate::membership::{Membership, NodeLayout};
 use crate::metrics::ServiceCounters;
 use crate::node::Host;
 use crate::peer::{FailureDetector, PeerPool};
@@ -24,10 +24,8 @@ use crate::storage::Storage;
 pub struct NodeContext {
     /// This node's id.
     pub id: String,
-    /// This node's index in the member list.
-    pub me: usize,
-    /// The ring, from the member list.
-    pub ring: Ring,
+    /// The layout history: the rings in use and this node's place in them.
+    pub membership: Arc<Membership>,
     /// The node's records, hints and trees.
     pub storage: Arc<dyn Storage>,
     /// Who answers pings.
@@ -62,16 +60,21 @@ impl std::fmt::Debug for NodeContext {
 }
 
 impl NodeContext {
-    /// Index of the member with id `id`.
-    pub fn member_index(&self, id: &str) -> Option<usize> {
-        self.ring.members().iter().position(|m| m == id)
+    /// The layout history now, with the rings derived from it.
+    pub fn layout(&self) -> Arc<NodeLayout> {
+        self.membership.get()
     }
 
-    /// Partitions this node replicates.
-    pub fn my_partitions(&self) -> Vec<u32> {
-        (0..self.ring.partitions())
-            .filter(|p| self.ring.replicas(*p).contains(&self.me))
-            .collect()
+    /// Roster index of the node with id `id`.
+    pub fn member_index(&self, id: &str) -> Option<usize> {
+        self.layout().index_of(id)
+    }
+
+    /// A number that tells this node apart (for spreading timers), from its id.
+    pub fn id_hash(&self) -> u64 {
+        let mut first = [0u8; 4];
+        first.copy_from_slice(&blake3::hash(self.id.as_bytes()).as_bytes()[..4]);
+        u64::from(u32::from_le_bytes(first))
     }
 
     /// How long a tombstone is kept at least.
@@ -87,14 +90,15 @@ impl NodeContext {
         let mut hints_held: Vec<(String, u64)> =
             self.storage.hint_counts().into_iter().filter(|(_, c)| *c > 0).collect();
         hints_held.sort();
+        let layout = self.layout();
         NodeStatus {
             id: self.id.clone(),
             trees_ready: self.storage.forest().is_ready(),
-            peers: self.detector.snapshot(self.me),
-            partitions: self
+            peers: self.detector.snapshot(layout.me),
+            partitions: layout
                 .my_partitions()
                 .into_iter()
-                .map(|p| self.partition_status(p))
+                .map(|p| self.partition_status(&layout, p))
                 .collect(),
             hints_held,
             hints_refused: self.agreement.hints_refused.load(std::sync::atomic::Ordering::Relaxed),
@@ -119,16 +123,16 @@ impl NodeContext {
         }
     }
 
-    fn partition_status(&self, partition: u32) -> PartitionStatus {
-        let others = self.ring.replicas(partition).iter().filter(|r| **r != self.me);
+    fn partition_status(&self, layout: &NodeLayout, partition: u32) -> PartitionStatus {
+        let others = layout.replicas(partition).into_iter().filter(|r| Some(*r) != layout.me);
         let replicas = others
-            .map(|&peer| {
+            .map(|peer| {
                 let pair = self.agreement.pair(partition, peer);
                 // A pair that differed since it last agreed is not in agreement now (a
                 // replica wiped after agreeing must not be reported as agreeing).
                 let agreed_now = self.agreement.in_agreement(partition, peer);
                 ReplicaAgreement {
-                    peer: self.ring.members()[peer].clone(),
+                    peer: layout.id(peer).to_string(),
                     last_agreed_micros: pair.last_agreed_micros.filter(|_| agreed_now),
                     keys_repaired: pair.keys_repaired,
                 }

@@ -29,8 +29,8 @@ pub async fn delivery_loop(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             biased;
-            _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
         // In owner order, not the map's (which differs per process): a seed replays.
         let mut held: Vec<(String, u64)> = ctx.storage.hint_counts().into_iter().collect();

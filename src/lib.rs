@@ -4,7 +4,8 @@
 //! records, hints and Merkle trees in fjall ([`storage`], [`merkle`]), answers client
 //! requests as a replica ([`replica`]) and other nodes through the peer protocol
 //! ([`peer`]) over one QUIC endpoint ([`server`]), and converges with its peers in the
-//! background ([`antientropy`], [`hints`], [`tombstones`]); every record it stores passes
+//! background ([`antientropy`], [`hints`], [`tombstones`]); its layout history (who
+//! replicates what, and moving data when that changes) is [`membership`]; every record it stores passes
 //! [`admission`]. [`node`] wires it together
 //! and shuts it down; [`context`] is the state its services share. The CLI lives in
 //! [`cli`] (its log output in [`logging`], `quorumkv up`'s node processes in [`local`]),
@@ -28,6 +29,7 @@ pub mod hints;
 pub mod history;
 pub mod local;
 pub mod logging;
+pub mod membership;
 pub mod merkle;
 pub mod metrics;
 pub mod node;

@@ -13,6 +13,7 @@
 //! simulation's power cut: everything stops at once, nothing is flushed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use anyhow::{anyhow, Context};
 use quinn::{AsyncUdpSocket, Endpoint, Runtime, TokioRuntime};
 use quorumkv_client::clock::{system_clock, Clock};
 use quorumkv_client::net::bind_udp;
-use quorumkv_client::ring::Ring;
 use quorumkv_client::wire::FRAME_OVERHEAD;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +30,7 @@ use crate::antientropy::{Agreement, AntiEntropy};
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
 use crate::endpoint_config::QuicParts;
+use crate::membership::{self, Membership};
 use crate::metrics::ServiceCounters;
 use crate::peer::detector::ping_loop;
 use crate::peer::{peer_max_frame, peer_pool, FailureDetector, PeerService};
@@ -40,6 +41,9 @@ use crate::server::{accept_loop, ConnectionLimits, ServerContext, CLIENT_ANSWER_
 use crate::storage::{FjallStorage, Storage, StoreOptions};
 use crate::{hints, metrics, pki, tombstones};
 use prometheus_client::registry::Registry;
+
+/// The layout history's file in a node's data directory.
+pub const LAYOUT_FILE: &str = "layout";
 
 /// Longest wait for in-flight requests at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +68,8 @@ pub struct NodeParts {
     /// start until the log says `refilled`): it serves reads through the other replicas
     /// until each of its partitions is synced with all of them (see [`crate::refill`]).
     pub refill: bool,
+    /// Where the node keeps its layout history (`None`: in memory only, a simulation).
+    pub layout_file: Option<PathBuf>,
 }
 
 /// Where a node runs, for the few things that differ.
@@ -95,10 +101,18 @@ impl NodeParts {
     /// The real parts for node `id`: a socket bound to its address (or `socket`, if
     /// given, already bound), fjall in its data directory, and its TLS identity.
     /// Must run inside a tokio runtime.
+    /// A node `[[nodes]]` does not list must be given its address (`quorumkv node --addr`,
+    /// [`ClusterConfig::with_node_addr`]) unless it joined before and stored its layout.
     pub fn real(config: &ClusterConfig, id: &str, socket: Option<std::net::UdpSocket>) -> anyhow::Result<NodeParts> {
-        let node = config
-            .node(id)
-            .ok_or_else(|| anyhow!("node {id:?} is not listed in [[nodes]]"))?;
+        let layout_file = config.node_dir(id).join(LAYOUT_FILE);
+        let addr = match config.node(id) {
+            Some(node) => node.addr,
+            None => membership::stored_address(&layout_file, id)?.ok_or_else(|| {
+                anyhow!(
+                    "node {id:?} is not listed in [[nodes]] and has not joined before: give its address with --addr"
+                )
+            })?,
+        };
         let (tls_dir, generate) = config.tls_dir();
         let identity = pki::identity(&tls_dir, id, generate).context("loading the node's TLS identity")?;
         let dir = config.node_dir(id);
@@ -108,7 +122,7 @@ impl NodeParts {
             .with_context(|| format!("opening storage in {}", dir.display()))?;
         let socket = match socket {
             Some(s) => s,
-            None => bind_udp(node.addr).with_context(|| format!("binding {}", node.addr))?,
+            None => bind_udp(addr).with_context(|| format!("binding {addr}"))?,
         };
         let socket = TokioRuntime
             .wrap_udp_socket(socket)
@@ -120,6 +134,7 @@ impl NodeParts {
             quic: QuicParts::real(&identity)?,
             host: Host::Os,
             refill: false,
+            layout_file: Some(layout_file),
         })
     }
 }
@@ -146,12 +161,14 @@ pub struct Node {
 impl Node {
     /// Starts node `id` of `config` on `parts`. Must run inside a tokio runtime.
     pub fn start(config: &ClusterConfig, id: &str, parts: NodeParts) -> anyhow::Result<Node> {
-        let ring = Ring::new(&config.node_ids(), config.partitions, config.replication_factor)?;
-        let me = ring
-            .members()
-            .iter()
-            .position(|m| m == id)
-            .ok_or_else(|| anyhow!("{id:?} is not a member"))?;
+        let membership = Arc::new(Membership::open(config, id, parts.layout_file.clone(), parts.host)?);
+        let layout = membership.get();
+        if !layout.is_member() {
+            tracing::info!(
+                "node {id}: no layout names it yet; it serves nothing until `quorumkv cluster add {id} ADDR`"
+            );
+        }
+        let roster = layout.history.roster.clone();
         let QuicParts {
             endpoint: endpoint_config,
             server,
@@ -162,21 +179,20 @@ impl Node {
                 .context("creating the QUIC endpoint")?;
         let ctx = Arc::new(NodeContext {
             id: id.to_string(),
-            me,
             detector: Arc::new(FailureDetector::new(
-                config.node_ids(),
+                layout.ids(),
                 config.convergence.down_after_missed_pings,
             )),
             agreement: Arc::new(Agreement::default()),
-            peers: Arc::new(peer_pool(config, endpoint.clone(), peer_tls.clone())),
-            anti_entropy_peers: Arc::new(peer_pool(config, endpoint.clone(), peer_tls)),
+            peers: Arc::new(peer_pool(config, &roster, endpoint.clone(), peer_tls.clone())),
+            anti_entropy_peers: Arc::new(peer_pool(config, &roster, endpoint.clone(), peer_tls)),
             storage: parts.storage.clone(),
             clock: parts.clock.clone(),
             limits: RecordLimits::of(config),
             convergence: config.convergence,
-            counters: ServiceCounters::new(ring.members().len()),
-            refill: Refill::new(parts.refill, &ring, me),
-            ring: ring.clone(),
+            counters: ServiceCounters::new(),
+            refill: Refill::new(parts.refill, &layout.read, layout.me),
+            membership: membership.clone(),
             host: parts.host,
         });
         if parts.refill {
@@ -189,7 +205,7 @@ impl Node {
             parts.storage.clone(),
             ctx.agreement.clone(),
             parts.clock,
-            ring,
+            membership,
             ctx.limits,
         ));
         let limits = connection_limits(config);
@@ -266,8 +282,9 @@ impl Node {
         self.tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait()).await.is_err() {
             tracing::warn!(
-                "node {}: requests still running after {DRAIN_TIMEOUT:?}; closing anyway",
-                self.id
+                "node {}: {} tasks still running after {DRAIN_TIMEOUT:?}; closing anyway",
+                self.id,
+                self.tracker.len()
             );
         }
         self.ctx.peers.close_all().await;
@@ -341,11 +358,12 @@ fn spawn_background(ctx: &Arc<NodeContext>, shutdown: &CancellationToken, tracke
     let pings = ping_loop(
         ctx.detector.clone(),
         vec![ctx.peers.clone(), ctx.anti_entropy_peers.clone()],
-        ctx.me,
+        ctx.membership.clone(),
         ping_interval,
         shutdown.clone(),
     );
     tracker.spawn(pings);
+    tracker.spawn(membership::mover::run(ctx.clone(), shutdown.clone()));
     tracker.spawn(AntiEntropy::new(ctx.clone()).run(shutdown.clone()));
     tracker.spawn(hints::delivery_loop(ctx.clone(), shutdown.clone()));
     tracker.spawn(tombstones::purge_loop(ctx.clone(), shutdown.clone()));

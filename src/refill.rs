@@ -51,9 +51,9 @@ pub struct Refill {
 impl Refill {
     /// For node `me` of `ring`: every pair of its partitions and their other replicas
     /// pending if it `refills`, none otherwise.
-    pub fn new(refills: bool, ring: &Ring, me: usize) -> Refill {
+    pub fn new(refills: bool, ring: &Ring, me: Option<usize>) -> Refill {
         let mut pending = BTreeSet::new();
-        if refills {
+        if let (true, Some(me)) = (refills, me) {
             for partition in 0..ring.partitions() {
                 let replicas = ring.replicas(partition);
                 if replicas.contains(&me) {
@@ -130,13 +130,12 @@ pub enum ReadThroughError {
 /// The newest of this node's copy of `key` and the copy of every other replica of its
 /// partition (`None`: no replica holds it).
 pub async fn read_through(ctx: &NodeContext, key: Bytes) -> Result<Option<Record>, ReadThroughError> {
-    let partition = ctx.ring.partition_of(&key);
-    let others: Vec<usize> = ctx
-        .ring
+    let layout = ctx.layout();
+    let partition = layout.partition_of(&key);
+    let others: Vec<usize> = layout
         .replicas(partition)
-        .iter()
-        .copied()
-        .filter(|&r| r != ctx.me && ctx.detector.is_up(r))
+        .into_iter()
+        .filter(|&r| Some(r) != layout.me && ctx.detector.is_up(r))
         .collect();
     if others.is_empty() {
         return Err(ReadThroughError::Alone);
@@ -152,7 +151,7 @@ pub async fn read_through(ctx: &NodeContext, key: Bytes) -> Result<Option<Record
     let mut newest = local.map_err(|e| ReadThroughError::Local(e.to_string()))?;
     for (&peer, answer) in others.iter().zip(answers) {
         let failed = |why: String| ReadThroughError::Replica {
-            peer: ctx.ring.members()[peer].clone(),
+            peer: layout.id(peer).to_string(),
             why,
         };
         let records = match answer {
@@ -183,7 +182,7 @@ mod tests {
     #[test]
     fn a_refilling_node_refills_each_partition_once_synced_with_every_other_replica() {
         let ring = ring();
-        let refill = Refill::new(true, &ring, 0);
+        let refill = Refill::new(true, &ring, Some(0));
         let mine: Vec<u32> = (0..16).filter(|p| ring.replicas(*p).contains(&0)).collect();
         let first = mine[0];
         let others: Vec<usize> = ring.replicas(first).iter().copied().filter(|&r| r != 0).collect();
@@ -204,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_node_not_told_to_refill_serves_at_once() {
-        let refill = Refill::new(false, &ring(), 0);
+        let refill = Refill::new(false, &ring(), Some(0));
         assert!((0..16).all(|p| !refill.is_refilling(p)));
         assert!(!refill.awaits(1));
     }

@@ -15,11 +15,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use quorumkv_client::wire::{ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Record, Request, Response};
+use quorumkv_client::layout::PartitionKeys;
+use quorumkv_client::wire::{
+    ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Record, Request, Response, MAX_COUNTED_PARTITIONS,
+};
 
 use crate::admission::Refusal;
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
+use crate::membership::report;
 use crate::metrics::{Op, RequestMetrics};
 use crate::refill::{read_through, ReadThroughError};
 use crate::server::{AnswerSize, Handler, Reply};
@@ -28,10 +32,8 @@ use crate::storage::{Applied, HintStored, StorageError};
 /// Answers client requests from this node's storage.
 pub struct Replica {
     ctx: Arc<NodeContext>,
-    /// The answer to `Members` but for its `down` list, computed once.
+    /// The answer to `Members` but for its `down` list and layout, computed once.
     info: ClusterInfo,
-    /// Epoch of this node's ring; requests routed with another are refused.
-    epoch: u64,
     /// Requests answered, by operation and outcome, with their latency.
     metrics: Arc<RequestMetrics>,
 }
@@ -41,7 +43,6 @@ impl Replica {
     pub fn new(config: &ClusterConfig, ctx: Arc<NodeContext>) -> Replica {
         Replica {
             info: config.cluster_info(),
-            epoch: ctx.ring.epoch(),
             ctx,
             metrics: Arc::default(),
         }
@@ -75,12 +76,37 @@ impl Replica {
             Request::Members => Ok(self.members()),
             Request::Status => Ok(Response::Status(self.ctx.status())),
             Request::StatusSummary { partitions } => self.summary(partitions).await,
+            Request::Layout => Ok(Response::Layout(Box::new(self.ctx.layout().history.clone()))),
+            Request::ChangeLayout(change) => match self.ctx.membership.change(&change).await {
+                Ok(history) => Ok(Response::Layout(Box::new(history))),
+                Err(e) => Err(reply(ErrorKind::LayoutRefused, e.to_string())),
+            },
+            Request::MoveStatus => report::move_status(&self.ctx)
+                .await
+                .map(Response::MoveStatus)
+                .map_err(storage_error),
+            Request::PartitionKeys { partitions } => self.partition_keys(partitions).await,
         };
-        result.unwrap_or_else(Response::Error)
+        result.unwrap_or_else(|refusal| refusal)
+    }
+
+    /// Keys held in each of `partitions`.
+    async fn partition_keys(&self, partitions: Vec<u32>) -> Result<Response, Response> {
+        let count = self.ctx.layout().read.partitions();
+        if partitions.len() > MAX_COUNTED_PARTITIONS || partitions.iter().any(|&p| p >= count) {
+            let message = format!("at most {MAX_COUNTED_PARTITIONS} partitions, each below {count}");
+            return Err(reply(ErrorKind::Malformed, message));
+        }
+        let mut counts = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let keys = report::count_keys(&self.ctx, partition).await.map_err(storage_error)?;
+            counts.push(PartitionKeys { partition, keys });
+        }
+        Ok(Response::PartitionKeys(counts))
     }
 
     /// This node's summary, built off the runtime: it reads the store's files (disk bytes).
-    async fn summary(&self, partitions: bool) -> Result<Response, ErrorReply> {
+    async fn summary(&self, partitions: bool) -> Result<Response, Response> {
         let ctx = self.ctx.clone();
         match self.ctx.host.run_blocking(move || ctx.summary(partitions)).await {
             Ok(summary) => Ok(Response::StatusSummary(summary)),
@@ -96,28 +122,31 @@ impl Replica {
     /// The cluster's description with the members this node's failure detector holds as
     /// down, so that a client bootstrapping from it does not wait on them.
     fn members(&self) -> Response {
-        let down = self.ctx.detector.snapshot(self.ctx.me).into_iter();
+        let layout = self.ctx.layout();
+        let down = self.ctx.detector.snapshot(layout.me).into_iter();
         Response::Members(ClusterInfo {
             down: down.filter(|peer| !peer.up).map(|peer| peer.id).collect(),
+            members: layout.history.roster.clone(),
+            layout: Some(layout.history.clone()),
             ..self.info.clone()
         })
     }
 
-    async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
-        self.check_read(epoch, &key)?;
+    async fn get(&self, epoch: u64, key: Bytes) -> Result<Response, Response> {
+        self.check_read(epoch, &key).map_err(|r| *r)?;
         if self.refilling(&key) {
             return self.read_through(key).await.map(Response::Record);
         }
         Ok(get_response(self.ctx.storage.get(key).await))
     }
 
-    async fn get_own(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
-        self.check_read(epoch, &key)?;
+    async fn get_own(&self, epoch: u64, key: Bytes) -> Result<Response, Response> {
+        self.check_read(epoch, &key).map_err(|r| *r)?;
         Ok(get_response(self.ctx.storage.get(key).await))
     }
 
-    async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, ErrorReply> {
-        self.check_read(epoch, &key)?;
+    async fn get_version(&self, epoch: u64, key: Bytes) -> Result<Response, Response> {
+        self.check_read(epoch, &key).map_err(|r| *r)?;
         if self.refilling(&key) {
             let newest = self.read_through(key).await?;
             return Ok(Response::Version(newest.map(|r| HeldVersion {
@@ -131,25 +160,26 @@ impl Replica {
     /// Whether reads of `key` go through the other replicas (see [`crate::refill`]).
     fn refilling(&self, key: &[u8]) -> bool {
         // The key's hash only while some partition refills: the usual read pays one load.
-        self.ctx.refill.any() && self.ctx.refill.is_refilling(self.ctx.ring.partition_of(key))
+        self.ctx.refill.any() && self.ctx.refill.is_refilling(self.ctx.layout().partition_of(key))
     }
 
     /// The newest copy among every replica of `key`, or a refusal naming who failed.
-    async fn read_through(&self, key: Bytes) -> Result<Option<Record>, ErrorReply> {
+    async fn read_through(&self, key: Bytes) -> Result<Option<Record>, Response> {
         read_through(&self.ctx, key).await.map_err(|e| match e {
             ReadThroughError::Local(why) => reply(ErrorKind::Storage, why),
             other => reply(ErrorKind::Refilling, other.to_string()),
         })
     }
 
-    async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
-        self.check_write(epoch, &key, &record)?;
+    async fn put(&self, epoch: u64, key: Bytes, record: Record) -> Result<Response, Response> {
+        self.check_write(epoch, &key, &record).map_err(|r| *r)?;
         Ok(put_response(self.ctx.storage.apply(key, record).await))
     }
 
-    async fn put_hint(&self, epoch: u64, owner: String, key: Bytes, record: Record) -> Result<Response, ErrorReply> {
-        self.check_write(epoch, &key, &record)?;
-        if self.ctx.member_index(&owner).is_none_or(|i| i == self.ctx.me) {
+    async fn put_hint(&self, epoch: u64, owner: String, key: Bytes, record: Record) -> Result<Response, Response> {
+        self.check_write(epoch, &key, &record).map_err(|r| *r)?;
+        let layout = self.ctx.layout();
+        if layout.index_of(&owner).is_none_or(|i| Some(i) == layout.me) {
             let message = format!("cannot hold a hint for {owner:?}: not another member");
             return Err(reply(ErrorKind::UnknownNode, message));
         }
@@ -174,26 +204,39 @@ impl Replica {
         }
     }
 
-    fn check_read(&self, epoch: u64, key: &Bytes) -> Result<(), ErrorReply> {
+    fn check_read(&self, epoch: u64, key: &Bytes) -> Result<(), Box<Response>> {
         self.check_epoch(epoch)?;
-        self.ctx.limits.check_key(key).map_err(refused)
+        self.ctx.limits.check_key(key).map_err(|r| Box::new(refused(r)))
     }
 
     /// The epoch, then the checks every stored record gets
     /// ([`crate::admission::RecordLimits::check`]).
-    fn check_write(&self, epoch: u64, key: &Bytes, record: &Record) -> Result<(), ErrorReply> {
+    fn check_write(&self, epoch: u64, key: &Bytes, record: &Record) -> Result<(), Box<Response>> {
         self.check_epoch(epoch)?;
         let now = self.ctx.clock.now_micros();
-        self.ctx.limits.check(key, record, now).map_err(refused)
+        self.ctx
+            .limits
+            .check(key, record, now)
+            .map_err(|r| Box::new(refused(r)))
     }
 
-    fn check_epoch(&self, epoch: u64) -> Result<(), ErrorReply> {
-        if epoch != self.epoch {
+    /// Refuses a request routed with an older layout than this node's (answered with
+    /// this node's history, [`Response::StaleLayout`]); one routed with a newer layout is
+    /// served, since its sender knows more. A node that no layout it knows names serves
+    /// nothing routed with that layout.
+    fn check_epoch(&self, epoch: u64) -> Result<(), Box<Response>> {
+        let layout = self.ctx.layout();
+        if epoch < layout.epoch {
+            return Err(Box::new(Response::StaleLayout(Box::new(layout.history.clone()))));
+        }
+        // A sender with a newer layout knows better (this node may be about to learn that
+        // it joined); with the same one, a node no layout names serves nothing.
+        if epoch == layout.epoch && !layout.is_member() {
             let message = format!(
-                "request routed with ring epoch {epoch:016x}, this node has {:016x}: refresh the member list",
-                self.epoch
+                "{} is not a member of the cluster yet: `quorumkv cluster add {} ADDR` makes it one",
+                self.ctx.id, self.ctx.id
             );
-            return Err(reply(ErrorKind::StaleEpoch, message));
+            return Err(Box::new(reply(ErrorKind::UnknownNode, message)));
         }
         Ok(())
     }
@@ -225,7 +268,7 @@ impl Handler for Replica {
         };
         let reply = Counted::new(&request, reply, &self.metrics);
         if let Err(refusal) = checked {
-            reply.send(Response::Error(refusal));
+            reply.send(*refusal);
             return None;
         }
         let storage = &self.ctx.storage;
@@ -258,13 +301,17 @@ impl Handler for Replica {
             | Request::GetOwn { .. }
             | Request::Members
             | Request::Status
-            | Request::StatusSummary { .. } => AnswerSize::Large,
+            | Request::StatusSummary { .. }
+            | Request::Layout
+            | Request::ChangeLayout(_)
+            | Request::MoveStatus
+            | Request::PartitionKeys { .. } => AnswerSize::Large,
             Request::Put { .. } | Request::PutHint { .. } | Request::GetVersion { .. } => AnswerSize::Small,
         }
     }
 
     fn malformed(&self, why: String) -> Response {
-        Response::Error(reply(ErrorKind::Malformed, why))
+        reply(ErrorKind::Malformed, why)
     }
 }
 
@@ -295,12 +342,12 @@ impl Counted {
 
 /// The answer to a `Get` whose read ended with `outcome`.
 fn get_response(outcome: Result<Option<Record>, StorageError>) -> Response {
-    outcome.map_or_else(|e| Response::Error(storage_error(e)), Response::Record)
+    outcome.map_or_else(storage_error, Response::Record)
 }
 
 /// The answer to a `GetVersion` whose lookup ended with `outcome`.
 fn version_response(outcome: Result<Option<HeldVersion>, StorageError>) -> Response {
-    outcome.map_or_else(|e| Response::Error(storage_error(e)), Response::Version)
+    outcome.map_or_else(storage_error, Response::Version)
 }
 
 /// The answer to a `Put` whose compare-and-write ended with `outcome`.
@@ -310,18 +357,19 @@ fn put_response(outcome: Result<Applied, StorageError>) -> Response {
             applied: applied.applied,
             current: applied.current,
         },
-        Err(e) => Response::Error(storage_error(e)),
+        Err(e) => storage_error(e),
     }
 }
 
-fn refused(refusal: Refusal) -> ErrorReply {
+fn refused(refusal: Refusal) -> Response {
     reply(refusal.kind(), refusal.to_string())
 }
 
-fn storage_error(e: StorageError) -> ErrorReply {
+fn storage_error(e: StorageError) -> Response {
     reply(ErrorKind::Storage, e.to_string())
 }
 
-fn reply(kind: ErrorKind, message: String) -> ErrorReply {
-    ErrorReply { kind, message }
+/// A refusal of `kind`.
+fn reply(kind: ErrorKind, message: String) -> Response {
+    Response::Error(ErrorReply { kind, message })
 }

@@ -115,8 +115,9 @@ fn purgeable(ctx: &NodeContext, tombstone: &Tombstone, now: u64) -> bool {
     let hash = key_hash(&tombstone.key);
     let shape = ctx.storage.forest().shape();
     let (partition, leaf) = (shape.partition(hash), shape.leaf(hash) as u32);
-    let mut others = ctx.ring.replicas(partition).iter().filter(|r| **r != ctx.me);
-    others.all(|&peer| {
+    let layout = ctx.layout();
+    let mut others = layout.replicas(partition).into_iter().filter(|r| Some(*r) != layout.me);
+    others.all(|peer| {
         let confirmed = ctx.agreement.confirmed(partition, peer, leaf);
         confirmed.is_some_and(|t| t > tombstone.arrived_micros)
     })

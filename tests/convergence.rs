@@ -78,7 +78,7 @@ async fn a_node_refilling_a_lost_disk_never_answers_not_found_for_what_it_lost()
     cluster.cut(0, &[1, 2]);
     cluster.restart_with(0, true).await;
     let get = || Request::Get {
-        epoch: client.ring().epoch(),
+        epoch: client.epoch(),
         key: Bytes::from_static(b"lost"),
     };
     match cluster.ask(0, get()).await {

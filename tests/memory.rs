@@ -57,7 +57,7 @@ async fn a_client_that_stops_reading_holds_at_most_its_answer_budget() {
     let client = cluster.client().await;
     let value = Bytes::from(vec![5u8; VALUE]);
     let version = client.put_with("big", value.clone(), &all_replicas()).await.unwrap();
-    let epoch = client.ring().epoch();
+    let epoch = client.epoch();
     let limits = cluster.node(0).client_limits();
     assert_eq!(
         limits.answer_budget,
@@ -173,7 +173,7 @@ async fn streams_stalled_in_large_frames_stay_within_the_frame_budget_and_are_cl
     .await;
 
     // The budget is free again: a maximum-size write on the same connection goes through.
-    let epoch = cluster.client().await.ring().epoch();
+    let epoch = cluster.client().await.epoch();
     let record = Record {
         version: Version { micros: 1, writer: 1 },
         value: Some(Bytes::from(vec![1u8; VALUE])),

@@ -138,7 +138,7 @@ async fn a_client_that_never_reads_4_mib_answers() {
     let node = NodeProcess::start();
     let client = node.client().await;
     client.put("big", Bytes::from(vec![9u8; BIG])).await.unwrap();
-    let epoch = client.ring().epoch();
+    let epoch = client.epoch();
     let (_, idle) = node.rss_kib();
 
     let conn = node.raw_connection().await;

@@ -154,7 +154,7 @@ async fn certificates_that_do_not_name_a_member_node_are_refused() {
     let cases = [(intruder, "names no member"), (lookalike, "not a node certificate")];
     for (identity, expected) in cases {
         let conn = dial(&cluster, 0, &identity, PEER_ALPN).await;
-        let answer = call(&conn, PeerRequest::Ping).await;
+        let answer = call(&conn, ping()).await;
         assert!(answer.is_err(), "not served: {answer:?}");
         let reason = close_reason(&conn).await;
         assert!(reason.contains(expected), "expected {expected:?} in {reason:?}");
@@ -162,7 +162,8 @@ async fn certificates_that_do_not_name_a_member_node_are_refused() {
     // The same CA's node certificates still speak it.
     let n2 = pki::identity(&dir, "n2", false).unwrap();
     let conn = dial(&cluster, 0, &n2, PEER_ALPN).await;
-    assert_eq!(call(&conn, PeerRequest::Ping).await, Ok(PeerResponse::Pong));
+    let answer = call(&conn, ping()).await;
+    assert!(matches!(answer, Ok(PeerResponse::Pong { .. })), "{answer:?}");
     cluster.shutdown().await;
 }
 
@@ -176,7 +177,19 @@ async fn roots_of_n3(cluster: &TestCluster) -> Vec<(u32, u64)> {
     })
     .await;
     let forest = ctx.storage.forest();
-    ctx.my_partitions().into_iter().map(|p| (p, forest.root(p))).collect()
+    ctx.layout()
+        .my_partitions()
+        .into_iter()
+        .map(|p| (p, forest.root(p)))
+        .collect()
+}
+
+/// A ping that carries no layout history.
+fn ping() -> PeerRequest {
+    PeerRequest::Ping {
+        digest: 0,
+        layout: None,
+    }
 }
 
 /// Partitions of n3 that record an agreement with `peer`.

@@ -60,7 +60,7 @@ async fn put_everywhere(cluster: &TestCluster, value: Bytes) -> (u64, Version) {
         ..Default::default()
     };
     let version = client.put_with("k", value, &options).await.unwrap();
-    (client.ring().epoch(), version)
+    (client.epoch(), version)
 }
 
 fn frame(request: Request) -> BytesMut {
@@ -74,6 +74,13 @@ fn assert_error(frames: &[ResponseFrame], kind: ErrorKind) {
         .iter()
         .any(|f| matches!(&f.body, Response::Error(e) if e.kind == kind));
     assert!(found, "expected a {kind:?} error, got {frames:?}");
+}
+
+fn assert_stale_layout(frames: &[ResponseFrame], epoch: u64) {
+    let found = frames
+        .iter()
+        .any(|f| matches!(&f.body, Response::StaleLayout(history) if history.epoch() == epoch));
+    assert!(found, "expected the node's layout (epoch {epoch:x}), got {frames:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +133,7 @@ async fn malformed_frames_close_only_their_stream() {
 async fn requests_a_client_would_refuse_are_refused_by_the_node_too() {
     let cluster = TestCluster::start(Shape::three()).await;
     let client = cluster.client().await;
-    let epoch = client.ring().epoch();
+    let epoch = client.epoch();
     let conn = raw_connection(&cluster).await;
     let record = |len: usize| Record {
         version: Version { micros: 1, writer: 1 },
@@ -152,16 +159,17 @@ async fn requests_a_client_would_refuse_are_refused_by_the_node_too() {
     };
     assert_error(&exchange(&conn, &frame(long_value)).await, ErrorKind::TooLarge);
 
+    // Routed with an older layout: refused with the node's layout history attached.
     let stale_epoch = Request::Get {
-        epoch: epoch ^ 1,
+        epoch: epoch - 1,
         key: Bytes::from_static(b"k"),
     };
-    assert_error(&exchange(&conn, &frame(stale_epoch)).await, ErrorKind::StaleEpoch);
+    assert_stale_layout(&exchange(&conn, &frame(stale_epoch)).await, epoch);
     let stale_epoch = Request::GetVersion {
-        epoch: epoch ^ 1,
+        epoch: epoch - 1,
         key: Bytes::from_static(b"k"),
     };
-    assert_error(&exchange(&conn, &frame(stale_epoch)).await, ErrorKind::StaleEpoch);
+    assert_stale_layout(&exchange(&conn, &frame(stale_epoch)).await, epoch);
     let long_key = Request::GetVersion {
         epoch,
         key: Bytes::from(vec![b'k'; 2000]),

@@ -23,6 +23,7 @@
 pub mod client;
 pub mod clock;
 pub mod error;
+pub mod layout;
 pub mod net;
 pub mod options;
 pub mod quorum;

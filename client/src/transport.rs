@@ -557,6 +557,8 @@ impl Destination {
 
 /// One destination's connection state.
 struct Slot<Q, A> {
+    /// Where it is.
+    destination: Destination,
     /// The live connection, if any. A std mutex: only ever held to clone or swap.
     conn: Mutex<Option<Arc<MuxConnection<Q, A>>>>,
     /// Serialises dialling, so concurrent callers share one handshake.
@@ -570,8 +572,9 @@ struct Slot<Q, A> {
 pub struct ConnectionPool<Q, A> {
     endpoint: quinn::Endpoint,
     tls: quinn::ClientConfig,
-    destinations: Vec<Destination>,
-    slots: Vec<Slot<Q, A>>,
+    /// One per destination, in index order; only ever appended to (a layout change can
+    /// add nodes, and indices never change meaning).
+    slots: std::sync::RwLock<Vec<Arc<Slot<Q, A>>>>,
     /// Largest response frame accepted.
     max_frame: usize,
     /// Bytes carried by every connection of the pool.
@@ -588,23 +591,37 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
         destinations: Vec<Destination>,
         max_frame: usize,
     ) -> Self {
-        let slots = destinations
-            .iter()
-            .map(|_| Slot {
-                conn: Mutex::new(None),
-                dialing: tokio::sync::Mutex::new(()),
-                failed: Mutex::new(None),
-            })
-            .collect();
+        let slots = destinations.into_iter().map(Slot::new).collect();
         ConnectionPool {
             endpoint,
             tls,
-            destinations,
-            slots,
+            slots: std::sync::RwLock::new(slots),
             max_frame,
             traffic: Arc::default(),
             ids: Arc::default(),
         }
+    }
+
+    /// Appends the destinations of `all` beyond those the pool has (`all` lists every
+    /// destination, old ones first).
+    pub fn add_destinations(&self, all: impl Iterator<Item = Destination>) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let known = slots.len();
+        slots.extend(all.skip(known).map(Slot::new));
+    }
+
+    /// Destinations the pool can dial.
+    pub fn len(&self) -> usize {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the pool has no destination.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot(&self, index: usize) -> Option<Arc<Slot<Q, A>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).get(index).cloned()
     }
 
     /// Bytes carried by the pool's connections so far.
@@ -630,14 +647,13 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
 
     /// The cached connection to destination `index` if it is up, without dialling.
     pub fn live_connection(&self, index: usize) -> Option<Arc<MuxConnection<Q, A>>> {
-        self.slots.get(index)?.live()
+        self.slot(index)?.live()
     }
 
     /// The cached connection to destination `index`, dialling one if needed.
     pub async fn connection(&self, index: usize) -> Result<Arc<MuxConnection<Q, A>>, TransportError> {
         let slot = self
-            .slots
-            .get(index)
+            .slot(index)
             .ok_or_else(|| TransportError::Lost(format!("no destination {index}")))?;
         if let Some(conn) = slot.live() {
             return Ok(conn);
@@ -649,7 +665,7 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
             return Ok(conn);
         }
         slot.check_recent_failure()?;
-        let destination = &self.destinations[index];
+        let destination = &slot.destination;
         let traffic = self.traffic.clone();
         let dialled = tokio::time::timeout(
             DIAL_TIMEOUT,
@@ -681,14 +697,15 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
     /// address never answers the old connection, which would otherwise linger until its
     /// idle timeout.
     pub fn forget(&self, index: usize) {
-        if let Some(conn) = self.slots.get(index).and_then(|slot| lock(&slot.conn).take()) {
+        if let Some(conn) = self.slot(index).and_then(|slot| lock(&slot.conn).take()) {
             conn.connection().close(0u32.into(), b"not answering");
         }
     }
 
     /// Closes every cached connection.
     pub async fn close_all(&self) {
-        for slot in &self.slots {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for slot in &slots {
             let _dialing = slot.dialing.lock().await;
             if let Some(conn) = lock(&slot.conn).take() {
                 conn.connection().close(0u32.into(), b"closing");
@@ -698,6 +715,15 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
 }
 
 impl<Q, A> Slot<Q, A> {
+    fn new(destination: Destination) -> Arc<Slot<Q, A>> {
+        Arc::new(Slot {
+            destination,
+            conn: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(None),
+        })
+    }
+
     fn live(&self) -> Option<Arc<MuxConnection<Q, A>>> {
         lock(&self.conn).as_ref().filter(|c| !c.is_closed()).cloned()
     }

@@ -9,6 +9,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{Change, LayoutHistory, MoveStatus, PartitionKeys};
 pub use crate::summary::{AgreementSummary, NodeSummary};
 use crate::version::Version;
 
@@ -138,7 +139,23 @@ pub enum Request {
         /// The key.
         key: Bytes,
     },
+    /// The node's layout history: the layouts in use and every node's progress.
+    Layout,
+    /// Make a membership change: the node appends the next layout to its history and
+    /// spreads it. Answered with the new history, or refused (a move under way, a removal
+    /// below the replication factor, ...).
+    ChangeLayout(Change),
+    /// How far the node is with the move under way ([`MoveStatus`]).
+    MoveStatus,
+    /// Keys the node holds in each of `partitions` (at most [`MAX_COUNTED_PARTITIONS`]).
+    PartitionKeys {
+        /// The partitions to count.
+        partitions: Vec<u32>,
+    },
 }
+
+/// Most partitions one `PartitionKeys` request may ask about.
+pub const MAX_COUNTED_PARTITIONS: usize = 1024;
 
 /// How large a message's frame will be, roughly: the buffer to encode it into.
 pub trait FrameSizeHint {
@@ -203,6 +220,15 @@ pub enum Response {
     Version(Option<HeldVersion>),
     /// Answer to `StatusSummary`.
     StatusSummary(NodeSummary),
+    /// Answer to `Layout` and `ChangeLayout`.
+    Layout(Box<LayoutHistory>),
+    /// The request was routed with an older layout than the node's (its `epoch` is
+    /// older): here is the node's history; route again with it.
+    StaleLayout(Box<LayoutHistory>),
+    /// Answer to `MoveStatus`.
+    MoveStatus(MoveStatus),
+    /// Answer to `PartitionKeys`.
+    PartitionKeys(Vec<PartitionKeys>),
 }
 
 /// Why a node refused or failed a request.
@@ -222,7 +248,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The version is further in the future than the node's clock allows.
     ClockSkew,
-    /// The client routed with a different member list than the node's.
+    /// The client routed with an older layout than the node's (the node answers
+    /// [`Response::StaleLayout`] with its history; this kind is what the client reports).
     StaleEpoch,
     /// The request could not be decoded.
     Malformed,
@@ -239,6 +266,9 @@ pub enum ErrorKind {
     /// did not answer. Count it as a failed replica. (Added after the first release:
     /// older clients cannot decode it and count the replica as failed all the same.)
     Refilling,
+    /// A membership change was refused (a move under way, a removal that would leave
+    /// fewer nodes than replicas, an unknown node, ...); the message says why.
+    LayoutRefused,
 }
 
 /// A node's view of the cluster and of its repairs (answer to `Status`).

@@ -41,7 +41,8 @@ pub use agreement::Agreement;
 use crate::context::NodeContext;
 use crate::merkle::{differing, INNER};
 use crate::peer::{
-    admit, log_refusals, KeyedRecord, LeafProbe, PeerRequest, PeerResponse, LEAVES_PER_REQUEST, ROOTS_PER_REQUEST,
+    admit, chunk_by_bytes, log_refusals, KeyedRecord, LeafProbe, PeerRequest, PeerResponse, EXCHANGE_BYTES,
+    LEAVES_PER_REQUEST, ROOTS_PER_REQUEST,
 };
 use crate::storage::StorageError;
 
@@ -112,32 +113,35 @@ impl AntiEntropy {
 
     /// Syncs with every peer until `shutdown`, each peer on its own schedule: a peer that
     /// stopped answering (and is not marked down yet) holds up only its own syncs, never
-    /// those with the others.
+    /// those with the others. A node a layout change adds gets its schedule then.
     pub async fn run(self, shutdown: CancellationToken) {
-        let peers = (0..self.ctx.ring.members().len()).filter(|p| *p != self.ctx.me);
-        let loops = peers.map(|peer| self.peer_loop(peer, &shutdown));
-        futures_util::future::join_all(loops).await;
+        let mut loops = futures_util::stream::FuturesUnordered::new();
+        let mut started = 0;
+        loop {
+            let roster = self.ctx.layout().history.roster.len();
+            for peer in started..roster {
+                loops.push(self.peer_loop(peer, &shutdown));
+            }
+            started = started.max(roster);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = self.ctx.membership.changed() => {}
+                _ = futures_util::StreamExt::next(&mut loops), if !loops.is_empty() => {}
+            }
+        }
     }
 
-    /// Every `anti_entropy_interval` (plus jitter), a sync with `peer` if it is up.
+    /// Every `anti_entropy_interval` (plus jitter), a sync with `peer` if it is up, of
+    /// the partitions both replicate in some layout in use.
     async fn peer_loop(&self, peer: usize, shutdown: &CancellationToken) {
         let interval = Duration::from_millis(self.ctx.convergence.anti_entropy_interval_ms);
-        let mut shared: Vec<u32> = self
-            .ctx
-            .my_partitions()
-            .into_iter()
-            .filter(|p| self.ctx.ring.replicas(*p).contains(&peer))
-            .collect();
-        // Each peer's syncs start at a different place, so a node refilling from several
-        // peers at once pulls different partitions from each instead of every key twice.
-        let members = self.ctx.ring.members().len().max(1);
-        let start = shared.len() * peer / members;
-        shared.rotate_left(start);
-        let seed = (self.ctx.me as u64) << 32 | peer as u64;
+        let seed = (self.ctx.id_hash() << 32) | peer as u64;
         loop {
-            // A node refilling after it started empty syncs as soon as the peer answers
-            // pings, rather than after a whole interval (see `crate::refill`).
-            let wait = if self.ctx.refill.awaits(peer) {
+            // A node refilling after it started empty, or pulling what a new layout gives
+            // it, syncs as soon as the peer answers pings rather than after a whole
+            // interval (see `crate::refill` and `crate::membership`).
+            let wait = if self.ctx.refill.awaits(peer) || self.ctx.membership.awaits(peer) {
                 Duration::from_millis(self.ctx.convergence.ping_interval_ms)
             } else {
                 interval + jitter(interval / 4, self.ctx.clock.now_micros() ^ seed)
@@ -147,7 +151,17 @@ impl AntiEntropy {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
-            if !self.ctx.storage.forest().is_ready() || !self.ctx.detector.is_up(peer) {
+            let layout = self.ctx.layout();
+            if layout.me == Some(peer) || !self.ctx.storage.forest().is_ready() || !self.ctx.detector.is_up(peer) {
+                continue;
+            }
+            let mut shared = layout.shared_with(peer);
+            // Each peer's syncs start at a different place, so a node refilling from several
+            // peers at once pulls different partitions from each instead of every key twice.
+            let members = layout.history.roster.len().max(1);
+            let start = shared.len() * peer / members;
+            shared.rotate_left(start);
+            if shared.is_empty() {
                 continue;
             }
             tokio::select! {
@@ -155,7 +169,7 @@ impl AntiEntropy {
                 synced = self.sync(peer, &shared) => {
                     self.ctx.counters.round(peer, synced.is_ok());
                     if let Err(e) = synced {
-                        tracing::warn!("anti-entropy with {} failed: {e}", self.ctx.ring.members()[peer]);
+                        tracing::warn!("anti-entropy with {} failed: {e}", layout.id(peer));
                     }
                 },
                 _ = shutdown.cancelled() => return,
@@ -163,15 +177,42 @@ impl AntiEntropy {
         }
     }
 
-    /// Compares `partitions` with `peer`, [`ROOTS_PER_REQUEST`] at a time.
+    /// Compares `partitions` with `peer`, [`ROOTS_PER_REQUEST`] at a time, and pulls
+    /// what the peer holds newer.
     async fn sync(&self, peer: usize, partitions: &[u32]) -> Result<(), SyncError> {
+        let generation = self.ctx.membership.pull_generation();
         for chunk in partitions.chunks(ROOTS_PER_REQUEST) {
-            self.sync_partitions(peer, chunk).await?;
+            let compared = self.sync_partitions(peer, chunk, Direction::Pull).await?;
+            // Everything the peer held in them when the sync began is now here too.
+            self.ctx.refill.synced(&compared, peer);
+            self.ctx.membership.synced(&compared, peer, generation);
         }
         Ok(())
     }
 
-    async fn sync_partitions(&self, peer: usize, partitions: &[u32]) -> Result<(), SyncError> {
+    /// Waits until `keys` records of `bytes` bytes fit the anti-entropy budget (for
+    /// other bulk work on records, such as dropping a partition).
+    pub async fn pace(&self, keys: usize, bytes: usize) {
+        self.budget.take(keys, bytes).await
+    }
+
+    /// Hands `partition`, which this node no longer replicates, off to `peer`, one of its
+    /// replicas: compares it as a sync does and pushes every record this node holds
+    /// newer. Afterwards the peer holds everything this node held when it began.
+    pub async fn hand_off(&self, peer: usize, partition: u32) -> Result<(), SyncError> {
+        self.sync_partitions(peer, &[partition], Direction::Push)
+            .await
+            .map(|_| ())
+    }
+
+    /// One comparison of `partitions` with `peer`, moving the newer records `direction`;
+    /// returns the partitions compared in full.
+    async fn sync_partitions(
+        &self,
+        peer: usize,
+        partitions: &[u32],
+        direction: Direction,
+    ) -> Result<Vec<u32>, SyncError> {
         let forest = self.ctx.storage.forest();
         let roots = partitions.iter().map(|p| (*p, forest.root(*p))).collect();
         let request = PeerRequest::Roots {
@@ -181,7 +222,7 @@ impl AntiEntropy {
         let asked = self.ctx.clock.now_micros();
         let differ = match self.call(peer, request).await? {
             PeerResponse::Inner { partitions } => partitions,
-            PeerResponse::NotReady => return Ok(()),
+            PeerResponse::NotReady => return Ok(Vec::new()),
             other => return Err(SyncError::Unexpected(format!("{other:?}"))),
         };
         let equal: Vec<u32> = partitions
@@ -192,7 +233,6 @@ impl AntiEntropy {
         for &p in &equal {
             self.ctx.agreement.agreed(p, peer, asked);
         }
-        self.ctx.refill.synced(&equal, peer);
         let compared: Vec<u32> = differ
             .iter()
             .map(|(p, _)| *p)
@@ -219,16 +259,14 @@ impl AntiEntropy {
                 });
             }
         }
-        self.compare_leaves(peer, probes).await?;
-        // Everything the peer held in them when the sync began is now here too.
-        self.ctx.refill.synced(&compared, peer);
-        Ok(())
+        self.compare_leaves(peer, probes, direction).await?;
+        Ok(equal.into_iter().chain(compared).collect())
     }
 
     /// Asks the peer for its entries of the probed leaves, [`LEAVES_PER_REQUEST`] at a
     /// time and in pages it bounds, and pulls what it holds newer after each answer, so
     /// neither a message nor this node's memory grows with the data.
-    async fn compare_leaves(&self, peer: usize, probes: Vec<LeafProbe>) -> Result<(), SyncError> {
+    async fn compare_leaves(&self, peer: usize, probes: Vec<LeafProbe>, direction: Direction) -> Result<(), SyncError> {
         let shape = self.ctx.storage.forest().shape();
         let grace = self.ctx.tombstone_grace().as_micros() as u64;
         let mut queue: VecDeque<LeafProbe> = probes.into();
@@ -288,10 +326,16 @@ impl AntiEntropy {
                         .agreement
                         .leaves_confirmed(page.partition, peer, [page.leaf], asked);
                 }
-                let wanted = compare::pulls(&mine, &page.entries, now, grace);
+                let wanted = match direction {
+                    Direction::Pull => compare::pulls(&mine, &page.entries, now, grace),
+                    Direction::Push => compare::pulls(&page.entries, &mine, now, grace),
+                };
                 pulls.extend(wanted.into_iter().map(|k| (page.partition, k)));
             }
-            self.transfer(peer, pulls).await?;
+            match direction {
+                Direction::Pull => self.transfer(peer, pulls).await?,
+                Direction::Push => self.push(peer, pulls).await?,
+            }
         }
         Ok(())
     }
@@ -330,12 +374,37 @@ impl AntiEntropy {
         Ok(())
     }
 
+    /// Sends this node's records of `keys` to the peer in budgeted batches (it applies
+    /// each only if newer).
+    async fn push(&self, peer: usize, keys: Vec<(u32, Bytes)>) -> Result<(), SyncError> {
+        let mut records = Vec::with_capacity(keys.len());
+        for (_, key) in keys {
+            if let Some(record) = self.ctx.storage.get(key.clone()).await? {
+                records.push(KeyedRecord { key, record });
+            }
+        }
+        for batch in chunk_by_bytes(records, EXCHANGE_BYTES) {
+            self.budget
+                .take(batch.len(), batch.iter().map(KeyedRecord::size).sum())
+                .await;
+            let request = PeerRequest::Exchange {
+                push: batch,
+                pull: Vec::new(),
+            };
+            match self.call(peer, request).await? {
+                PeerResponse::Exchanged { .. } => {}
+                other => return Err(SyncError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// The pulled records that pass the checks a client write passes; the others are
     /// logged at WARN and left out (a far-future version must not spread by repair).
     fn admit(&self, peer: usize, records: Vec<KeyedRecord>) -> Vec<KeyedRecord> {
         let pulled = records.len();
         let (admitted, refused) = admit(records, &self.ctx.limits, self.ctx.clock.now_micros());
-        let from = format!("pulled from {} by anti-entropy", self.ctx.ring.members()[peer]);
+        let from = format!("pulled from {} by anti-entropy", self.ctx.layout().id(peer));
         log_refusals(&refused, pulled, &from);
         admitted.into_iter().flatten().collect()
     }
@@ -365,6 +434,15 @@ impl AntiEntropy {
             Err(_) => Err(SyncError::Unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
         }
     }
+}
+
+/// Which way a comparison moves records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Fetch what the peer holds newer (a sync).
+    Pull,
+    /// Send what this node holds newer (a hand-off before a partition is dropped).
+    Push,
 }
 
 /// Most keys pulled per request; the peer answers with at most

@@ -43,7 +43,10 @@ impl Default for CommitMetrics {
     }
 }
 
-/// Per-peer counters of the background services, indexed by member index.
+/// Roster indices with per-peer service counters (indices only grow as nodes join).
+pub const COUNTED_PEERS: usize = 1024;
+
+/// Per-peer counters of the background services, indexed by roster index.
 #[derive(Debug)]
 pub struct ServiceCounters {
     /// Anti-entropy syncs with each peer that completed.
@@ -54,10 +57,17 @@ pub struct ServiceCounters {
     hints_delivered: Box<[AtomicU64]>,
 }
 
+impl Default for ServiceCounters {
+    fn default() -> Self {
+        ServiceCounters::new()
+    }
+}
+
 impl ServiceCounters {
-    /// Counters for a cluster of `members` nodes.
-    pub fn new(members: usize) -> ServiceCounters {
-        let zeros = || (0..members).map(|_| AtomicU64::new(0)).collect();
+    /// Counters for the first [`COUNTED_PEERS`] nodes of a roster (nodes beyond, which
+    /// only a cluster that grew past that many ever has, are not counted).
+    pub fn new() -> ServiceCounters {
+        let zeros = || (0..COUNTED_PEERS).map(|_| AtomicU64::new(0)).collect();
         ServiceCounters {
             rounds_ok: zeros(),
             rounds_failed: zeros(),

@@ -30,17 +30,16 @@ impl NodeCollector {
     }
 
     /// The other members: (index, id).
-    fn peers(&self) -> impl Iterator<Item = (usize, &str)> {
-        let me = self.ctx.me;
-        let members = self.ctx.ring.members().iter().enumerate();
-        members.filter(move |(i, _)| *i != me).map(|(i, id)| (i, id.as_str()))
+    fn peers(&self) -> Vec<(usize, String)> {
+        let layout = self.ctx.layout();
+        let ids = layout.ids().into_iter().enumerate();
+        ids.filter(|(i, _)| Some(*i) != layout.me).collect()
     }
 
     /// When every partition shared with `peer` had last agreed with it (µs): the least
     /// recent of their last agreements; `None` while one of them never has.
     fn last_agreement(&self, peer: usize) -> Option<u64> {
-        let shared = self.ctx.my_partitions().into_iter();
-        let shared = shared.filter(|p| self.ctx.ring.replicas(*p).contains(&peer));
+        let shared = self.ctx.layout().shared_with(peer).into_iter();
         shared
             .map(|p| self.ctx.agreement.pair(p, peer).last_agreed_micros)
             .try_fold(u64::MAX, |oldest, t| t.map(|t| oldest.min(t)))
@@ -48,7 +47,7 @@ impl NodeCollector {
     }
 
     fn encode_peers(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let detector = self.ctx.detector.snapshot(self.ctx.me);
+        let detector = self.ctx.detector.snapshot(self.ctx.layout().me);
         let help = "Whether the failure detector sees the peer answering pings (1) or not (0)";
         let mut up = encoder.encode_descriptor("peer_up", help, None, MetricType::Gauge)?;
         for peer in &detector {
@@ -59,6 +58,7 @@ impl NodeCollector {
         let mut agreed =
             encoder.encode_descriptor("anti_entropy_last_agreement_seconds", help, None, MetricType::Gauge)?;
         for (i, id) in self.peers() {
+            let id = id.as_str();
             if let Some(t) = self.last_agreement(i) {
                 let seconds = t as f64 / MICROS_PER_SECOND;
                 ConstGauge::new(seconds).encode(agreed.encode_family(&[("peer", id)])?)?;
@@ -72,6 +72,7 @@ impl NodeCollector {
         let help = "Anti-entropy syncs this node started, by peer and outcome";
         let mut rounds = encoder.encode_descriptor("anti_entropy_rounds", help, None, MetricType::Counter)?;
         for (i, id) in self.peers() {
+            let id = id.as_str();
             for (outcome, table) in [("ok", &counters.rounds_ok), ("failed", &counters.rounds_failed)] {
                 let labels = [("peer", id), ("outcome", outcome)];
                 counter(rounds.encode_family(&labels)?, ServiceCounters::load(table, i))?;
@@ -101,12 +102,14 @@ impl NodeCollector {
         let help = "Hints this node holds for an unreachable replica, by owner";
         let mut gauges = encoder.encode_descriptor("hints_held", help, None, MetricType::Gauge)?;
         for (_, id) in self.peers() {
+            let id = id.as_str();
             let count = held.get(id).copied().unwrap_or(0);
             gauge(gauges.encode_family(&[("owner", id)])?, count_i64(count))?;
         }
         let help = "Hints this node delivered to their owner, by owner";
         let mut delivered = encoder.encode_descriptor("hints_delivered", help, None, MetricType::Counter)?;
         for (i, id) in self.peers() {
+            let id = id.as_str();
             let n = ServiceCounters::load(&self.ctx.counters.hints_delivered, i);
             counter(delivered.encode_family(&[("owner", id)])?, n)?;
         }

@@ -60,7 +60,10 @@ impl Op {
             Request::Put { .. } => Op::Put,
             Request::PutHint { .. } => Op::Hint,
             Request::Members => Op::Members,
-            Request::Status | Request::StatusSummary { .. } => Op::Status,
+            Request::Status | Request::StatusSummary { .. } | Request::MoveStatus | Request::PartitionKeys { .. } => {
+                Op::Status
+            }
+            Request::Layout | Request::ChangeLayout(_) => Op::Members,
         }
     }
 
@@ -110,9 +113,14 @@ impl Outcome {
             Response::Version(Some(held)) if !held.tombstone => Outcome::Ok,
             Response::Version(_) => Outcome::NotFound,
             Response::Put { applied: false, .. } => Outcome::Stale,
-            Response::Put { .. } | Response::Members(_) | Response::Status(_) | Response::StatusSummary(_) => {
-                Outcome::Ok
-            }
+            Response::Put { .. }
+            | Response::Members(_)
+            | Response::Status(_)
+            | Response::StatusSummary(_)
+            | Response::Layout(_)
+            | Response::MoveStatus(_)
+            | Response::PartitionKeys(_) => Outcome::Ok,
+            Response::StaleLayout(_) => Outcome::Refused,
             Response::Error(e) => match e.kind {
                 ErrorKind::Storage | ErrorKind::ShuttingDown => Outcome::Error,
                 _ => Outcome::Refused,

@@ -8,23 +8,25 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quorumkv_client::transport::Destination;
 use quorumkv_client::wire::PeerStatus;
 use tokio_util::sync::CancellationToken;
 
 use super::{PeerPool, PeerRequest, PeerResponse};
+use crate::membership::Membership;
 
 /// Shortest wait for a pong: a first ping also dials, which must not be cut short.
 const MIN_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Health of every member, as seen by this node (its own entry stays up).
+/// Health of every node of the roster, as seen by this node (its own entry stays up).
 pub struct FailureDetector {
-    ids: Vec<String>,
     state: Mutex<Vec<Health>>,
     down_after: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Health {
+    id: String,
     up: bool,
     missed: u32,
 }
@@ -32,32 +34,46 @@ struct Health {
 impl FailureDetector {
     /// Every member starts up: the first pings correct that within a few intervals.
     pub fn new(ids: Vec<String>, down_after: u32) -> FailureDetector {
-        let state = ids.iter().map(|_| Health { up: true, missed: 0 }).collect();
-        FailureDetector {
-            ids,
-            state: Mutex::new(state),
+        let detector = FailureDetector {
+            state: Mutex::new(Vec::new()),
             down_after: down_after.max(1),
-        }
+        };
+        detector.grow(&ids);
+        detector
+    }
+
+    /// Tracks the nodes of `ids` beyond those tracked already (a layout change added
+    /// them; they start up, like every node at start).
+    pub fn grow(&self, ids: &[String]) {
+        let mut state = self.lock();
+        let known = state.len();
+        state.extend(ids.iter().skip(known).map(|id| Health {
+            id: id.clone(),
+            up: true,
+            missed: 0,
+        }));
     }
 
     /// Records the outcome of one ping of `peer`; returns true if it just came back up.
     pub fn record(&self, peer: usize, answered: bool) -> bool {
         let mut state = self.lock();
+        let down_after = self.down_after;
         let Some(health) = state.get_mut(peer) else {
             return false;
         };
         if answered {
             let came_back = !health.up;
-            *health = Health { up: true, missed: 0 };
+            health.up = true;
+            health.missed = 0;
             if came_back {
-                tracing::info!("peer {} is up again", self.ids[peer]);
+                tracing::info!("peer {} is up again", health.id);
             }
             return came_back;
         }
         health.missed = health.missed.saturating_add(1);
-        if health.up && health.missed >= self.down_after {
+        if health.up && health.missed >= down_after {
             health.up = false;
-            tracing::warn!("peer {} missed {} pings: marked down", self.ids[peer], health.missed);
+            tracing::warn!("peer {} missed {} pings: marked down", health.id, health.missed);
         }
         false
     }
@@ -67,13 +83,15 @@ impl FailureDetector {
         self.lock().get(peer).is_some_and(|h| h.up)
     }
 
-    /// Status of every member except `me`.
-    pub fn snapshot(&self, me: usize) -> Vec<PeerStatus> {
+    /// Status of every node except `me`.
+    pub fn snapshot(&self, me: Option<usize>) -> Vec<PeerStatus> {
         let state = self.lock();
-        let all = self.ids.iter().zip(state.iter()).enumerate();
-        all.filter(|(i, _)| *i != me)
-            .map(|(_, (id, h))| PeerStatus {
-                id: id.clone(),
+        state
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != me)
+            .map(|(_, h)| PeerStatus {
+                id: h.id.clone(),
                 up: h.up,
                 missed_pings: h.missed,
             })
@@ -85,36 +103,66 @@ impl FailureDetector {
     }
 }
 
-/// Pings every other member each `interval` through the first of `pools` until
-/// `shutdown`. While a peer is down, every missed ping drops its connections in all
-/// `pools`, so the next ping dials afresh and a peer restarted on the same address is seen
-/// up at its first answer (instead of after the dead connection's idle timeout).
+/// Pings every other node of the roster each `interval` through the first of `pools`
+/// until `shutdown`, and gossips the layout history on the way: a ping carries this
+/// node's history unless the peer last answered with the same digest, and a pong carries
+/// the peer's when it differs; each side merges what it receives. Nodes a layout change
+/// adds are pinged (and dialled through every pool) from the next round. While a peer is
+/// down, every missed ping drops its connections in all `pools`, so the next ping dials
+/// afresh and a peer restarted on the same address is seen up at its first answer
+/// (instead of after the dead connection's idle timeout).
 pub async fn ping_loop(
     detector: Arc<FailureDetector>,
     pools: Vec<Arc<PeerPool>>,
-    me: usize,
+    membership: Arc<Membership>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let peers: Vec<usize> = (0..detector.ids.len()).filter(|p| *p != me).collect();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The digest each peer last answered with.
+    let mut heard: Vec<u64> = Vec::new();
     loop {
+        // Shutdown first: a round that waited out unanswered pings finds the next tick
+        // ready at once, every time.
         tokio::select! {
             biased;
-            _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
         let Some(pool) = pools.first() else { return };
-        let pings = peers.iter().map(|&peer| {
+        let layout = membership.get();
+        let roster = &layout.history.roster;
+        detector.grow(&layout.ids());
+        for pool in &pools {
+            pool.add_destinations(roster.iter().map(Destination::of));
+        }
+        heard.resize(roster.len(), 0);
+        let peers = (0..roster.len()).filter(|&p| Some(p) != layout.me);
+        let pings = peers.map(|peer| {
             let pool = pool.clone();
+            let request = PeerRequest::Ping {
+                digest: layout.digest,
+                layout: (heard[peer] != layout.digest).then(|| Box::new(layout.history.clone())),
+            };
             async move {
-                let answer =
-                    tokio::time::timeout(interval.max(MIN_PING_TIMEOUT), pool.call(peer, PeerRequest::Ping)).await;
-                (peer, matches!(answer, Ok(Ok(PeerResponse::Pong))))
+                let answer = tokio::time::timeout(interval.max(MIN_PING_TIMEOUT), pool.call(peer, request)).await;
+                (peer, answer)
             }
         });
-        for (peer, answered) in futures_util::future::join_all(pings).await {
+        for (peer, answer) in futures_util::future::join_all(pings).await {
+            let answered = match answer {
+                Ok(Ok(PeerResponse::Pong { digest, layout })) => {
+                    heard[peer] = digest;
+                    if let Some(theirs) = layout {
+                        if let Err(e) = membership.merge(&theirs).await {
+                            tracing::warn!("ignoring the layout {} sent: {e}", membership.get().id(peer));
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            };
             detector.record(peer, answered);
             if !detector.is_up(peer) {
                 pools.iter().for_each(|pool| pool.forget(peer));
@@ -138,6 +186,6 @@ mod tests {
         assert!(!d.is_up(1));
         assert!(d.record(1, true), "coming back is reported");
         assert!(d.is_up(1));
-        assert_eq!(d.snapshot(0).len(), 1);
+        assert_eq!(d.snapshot(Some(0)).len(), 1);
     }
 }

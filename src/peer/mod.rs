@@ -12,8 +12,9 @@ pub mod detector;
 mod service;
 
 use bytes::Bytes;
+use quorumkv_client::layout::LayoutHistory;
 use quorumkv_client::transport::{ConnectionPool, Destination};
-use quorumkv_client::wire::{FrameSizeHint, Record, FRAME_OVERHEAD};
+use quorumkv_client::wire::{FrameSizeHint, Member, Record, FRAME_OVERHEAD};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::{RecordLimits, Refusal};
@@ -80,8 +81,15 @@ pub struct LeafEntries {
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Are you there?
-    Ping,
+    /// Are you there? Carries the sender's layout history digest, and the history itself
+    /// unless the receiver last answered with the same digest (gossip: the receiver merges
+    /// it, and answers with its own if the digests differ).
+    Ping {
+        /// [`LayoutHistory::digest`] of the sender's history.
+        digest: u64,
+        /// The sender's history, if the receiver may not have it.
+        layout: Option<Box<LayoutHistory>>,
+    },
     /// Anti-entropy step 1: the sender's root hash of each partition; the receiver answers
     /// with its inner-node hashes of the partitions whose roots differ.
     Roots {
@@ -113,8 +121,14 @@ impl FrameSizeHint for PeerRequest {}
 /// A node's answer to a [`PeerRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
-    /// Answer to `Ping`.
-    Pong,
+    /// Answer to `Ping`: the receiver's digest, and its history if it differs from the
+    /// sender's.
+    Pong {
+        /// [`LayoutHistory::digest`] of the receiver's history (after merging the sender's).
+        digest: u64,
+        /// The receiver's history, if the sender's digest was another.
+        layout: Option<Box<LayoutHistory>>,
+    },
     /// Answer to `Roots`: inner hashes of the partitions whose roots differ.
     Inner {
         /// `(partition, inner-node hashes)`.
@@ -152,8 +166,13 @@ pub type PeerPool = ConnectionPool<PeerRequest, PeerResponse>;
 
 /// A pool dialling every member of `config` (indices match the member list) from
 /// `endpoint` with this node's identity.
-pub fn peer_pool(config: &ClusterConfig, endpoint: quinn::Endpoint, tls: quinn::ClientConfig) -> PeerPool {
-    let destinations = config.cluster_info().members.iter().map(Destination::of).collect();
+pub fn peer_pool(
+    config: &ClusterConfig,
+    roster: &[Member],
+    endpoint: quinn::Endpoint,
+    tls: quinn::ClientConfig,
+) -> PeerPool {
+    let destinations = roster.iter().map(Destination::of).collect();
     ConnectionPool::new(endpoint, tls, destinations, peer_max_frame(config))
 }
 

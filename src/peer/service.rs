@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use quorumkv_client::clock::Clock;
-use quorumkv_client::ring::Ring;
 
 use super::auth::{authenticate, PeerAuthError};
 use super::{
@@ -21,9 +20,11 @@ use super::{
 };
 use crate::admission::RecordLimits;
 use crate::antientropy::Agreement;
+use crate::membership::Membership;
 use crate::merkle::Hash;
 use crate::server::{AnswerSize, Handler};
 use crate::storage::{Entry, Storage, StorageError};
+use quorumkv_client::layout::LayoutHistory;
 
 /// Reads of pulled keys in flight at once.
 const READ_CONCURRENCY: usize = 64;
@@ -33,7 +34,8 @@ pub struct PeerService {
     storage: Arc<dyn Storage>,
     agreement: Arc<Agreement>,
     clock: Arc<dyn Clock>,
-    ring: Ring,
+    /// The layout history: who the members are, merged with what peers' pings carry.
+    membership: Arc<Membership>,
     /// The checks every pushed record must pass, as a client write would.
     limits: RecordLimits,
 }
@@ -54,21 +56,21 @@ impl PeerService {
         storage: Arc<dyn Storage>,
         agreement: Arc<Agreement>,
         clock: Arc<dyn Clock>,
-        ring: Ring,
+        membership: Arc<Membership>,
         limits: RecordLimits,
     ) -> Self {
         PeerService {
             storage,
             agreement,
             clock,
-            ring,
+            membership,
             limits,
         }
     }
 
     /// The session of `conn` if it presented the node certificate of a member.
     pub fn authenticate(self: &Arc<Self>, conn: &quinn::Connection) -> Result<PeerSession, PeerAuthError> {
-        let peer = authenticate(conn, self.ring.members())?;
+        let peer = authenticate(conn, &self.membership.get().ids())?;
         Ok(PeerSession {
             service: self.clone(),
             peer,
@@ -77,7 +79,8 @@ impl PeerService {
     }
 
     fn roots(&self, session: &PeerSession, from: &str, roots: Vec<(u32, Hash)>) -> PeerResponse {
-        let peer_id = &self.ring.members()[session.peer];
+        let layout = self.membership.get();
+        let peer_id = layout.id(session.peer);
         if from != peer_id {
             tracing::warn!(
                 "peer {peer_id} ({}) sent anti-entropy roots claiming to be {from:?}: refused, no agreement recorded",
@@ -93,7 +96,8 @@ impl PeerService {
         }
         let now = self.clock.now_micros();
         let mut partitions = Vec::new();
-        for (partition, theirs) in roots.into_iter().filter(|(p, _)| *p < self.ring.partitions()) {
+        let partitions_count = layout.read.partitions();
+        for (partition, theirs) in roots.into_iter().filter(|(p, _)| *p < partitions_count) {
             if forest.root(partition) != theirs {
                 partitions.push((partition, forest.inner(partition).to_vec()));
                 self.agreement.differed(partition, session.peer, now);
@@ -122,7 +126,7 @@ impl PeerService {
                 hash,
                 from,
             } = *probe;
-            if partition >= self.ring.partitions() || leaf as usize >= shape.leaves() {
+            if partition >= self.membership.get().read.partitions() || leaf as usize >= shape.leaves() {
                 continue;
             }
             let (start, end) = shape.leaf_range(partition, leaf as usize);
@@ -162,7 +166,11 @@ impl PeerService {
     ) -> Result<PeerResponse, StorageError> {
         let pushed = push.len();
         let (admitted, refused) = admit(push, &self.limits, self.clock.now_micros());
-        let from = format!("pushed by {} ({})", self.ring.members()[session.peer], session.remote);
+        let from = format!(
+            "pushed by {} ({})",
+            self.membership.get().id(session.peer),
+            session.remote
+        );
         log_refusals(&refused, pushed, &from);
         let applies = admitted.into_iter().map(|r| async move {
             match r {
@@ -182,6 +190,22 @@ impl PeerService {
             records,
             unserved,
         })
+    }
+
+    /// Merges the history a ping carries, and answers with this node's digest (and its
+    /// history if the pinger's digest differs).
+    async fn ping(&self, session: &PeerSession, digest: u64, layout: Option<Box<LayoutHistory>>) -> PeerResponse {
+        if let Some(theirs) = layout {
+            if let Err(e) = self.membership.merge(&theirs).await {
+                let layout = self.membership.get();
+                tracing::warn!("ignoring the layout {} sent: {e}", layout.id(session.peer));
+            }
+        }
+        let layout = self.membership.get();
+        PeerResponse::Pong {
+            digest: layout.digest,
+            layout: (digest != layout.digest).then(|| Box::new(layout.history.clone())),
+        }
     }
 
     /// The records of `keys` (absent keys left out) until they add up to `max_bytes`
@@ -223,7 +247,7 @@ impl Handler for PeerSession {
     async fn handle(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
         let service = &self.service;
         let result = match request {
-            PeerRequest::Ping => Ok(PeerResponse::Pong),
+            PeerRequest::Ping { digest, layout } => Ok(service.ping(&self, digest, layout).await),
             PeerRequest::Roots { from, roots } => Ok(service.roots(&self, &from, roots)),
             PeerRequest::Leaves { leaves } => service.leaves(leaves).await,
             PeerRequest::Exchange { push, pull } => service.exchange(&self, push, pull).await,
@@ -231,12 +255,10 @@ impl Handler for PeerSession {
         result.unwrap_or_else(|e| PeerResponse::Error(e.to_string()))
     }
 
-    /// A pong is small; anti-entropy and hint answers may fill a frame.
-    fn answer_size(&self, request: &PeerRequest) -> AnswerSize {
-        match request {
-            PeerRequest::Ping => AnswerSize::Small,
-            _ => AnswerSize::Large,
-        }
+    /// Any answer may fill a frame: anti-entropy and hint answers, and a pong carrying a
+    /// layout history.
+    fn answer_size(&self, _: &PeerRequest) -> AnswerSize {
+        AnswerSize::Large
     }
 
     fn malformed(&self, why: String) -> PeerResponse {

@@ -231,6 +231,7 @@ impl SimCluster {
             quic: node_quic(seed, identity)?.into_node(),
             host: Host::Simulated,
             refill: member.refilling,
+            layout_file: None,
         };
         let node = Node::start(&self.config, &member.id, parts).with_context(|| format!("starting {}", member.id))?;
         self.members[i].node = Some(node);
@@ -369,7 +370,7 @@ impl SimCluster {
             .members
             .iter()
             .find_map(|m| m.node.as_ref())
-            .map(|n| n.context().ring.clone())
+            .map(|n| n.context().layout().read.clone())
         else {
             return Vec::new();
         };

@@ -24,7 +24,7 @@ pub async fn trees_match_data(cluster: &SimCluster) -> Vec<String> {
     for i in 0..cluster.len() {
         let Some(node) = cluster.node(i) else { continue };
         let storage = &node.context().storage;
-        let partitions = node.context().ring.partitions();
+        let partitions = node.context().layout().read.partitions();
         let fresh = Forest::new(partitions);
         let mut start = 0u64;
         loop {

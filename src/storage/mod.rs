@@ -223,6 +223,10 @@ pub trait Storage: Send + Sync + 'static {
     fn tombstones(&self, after: Option<Bytes>, limit: usize) -> BoxFuture<'_, Result<Vec<Tombstone>, StorageError>>;
     /// Removes a tombstone if `key` still holds exactly it; returns whether it did.
     fn purge(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>>;
+    /// Removes `key`'s record, value or tombstone, if it still holds exactly `version`;
+    /// returns whether it did. For a partition this node no longer replicates (after it
+    /// handed it off): the key is gone here, not deleted in the cluster.
+    fn discard(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>>;
     /// The Merkle trees of the stored records.
     fn forest(&self) -> &Forest;
     /// Makes every applied write durable (used at shutdown).

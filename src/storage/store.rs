@@ -346,7 +346,21 @@ impl<E: Engine> Storage for Store<E> {
     }
 
     fn purge(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>> {
-        Box::pin(self.write(move |done| WriteOp::Purge { key, version, done }))
+        Box::pin(self.write(move |done| WriteOp::Purge {
+            key,
+            version,
+            any: false,
+            done,
+        }))
+    }
+
+    fn discard(&self, key: Bytes, version: Version) -> BoxFuture<'_, Result<bool, StorageError>> {
+        Box::pin(self.write(move |done| WriteOp::Purge {
+            key,
+            version,
+            any: true,
+            done,
+        }))
     }
 
     fn forest(&self) -> &Forest {

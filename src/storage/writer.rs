@@ -57,10 +57,11 @@ pub enum WriteOp {
         version: Version,
         done: oneshot::Sender<Result<(), StorageError>>,
     },
-    /// Remove a tombstone if the key still holds exactly it.
+    /// Remove a tombstone (or with `any`, a value too) if the key still holds exactly it.
     Purge {
         key: Bytes,
         version: Version,
+        any: bool,
         done: oneshot::Sender<Result<bool, StorageError>>,
     },
     /// Record states from the snapshot scan at open, for the version index.
@@ -209,9 +210,14 @@ impl<E: Engine> Writer<E> {
                 version,
                 done,
             } => Answer::Unit(done, self.remove_hint(&owner, &key, version, batch)),
-            WriteOp::Purge { key, version, done } => {
+            WriteOp::Purge {
+                key,
+                version,
+                any,
+                done,
+            } => {
                 let id = id.unwrap_or_else(|| KeyId::of(&key));
-                Answer::Purge(done, self.purge(id, &key, version, batch))
+                Answer::Purge(done, self.purge(id, &key, version, any, batch))
             }
             WriteOp::LoadIndex(chunk) => {
                 self.index.load(chunk);
@@ -270,15 +276,21 @@ impl<E: Engine> Writer<E> {
         id: KeyId,
         key: &[u8],
         version: Version,
+        any: bool,
         batch: &mut Batch<E::Batch>,
     ) -> Result<bool, StorageError> {
         let stored_key = hashed_record_key(id.hash, key);
-        if self.record_state(id, &stored_key, batch)? != Some((version, true)) {
+        let Some((held, tombstone)) = self.record_state(id, &stored_key, batch)? else {
+            return Ok(false);
+        };
+        if held != version || !(tombstone || any) {
             return Ok(false);
         }
         batch.batch.remove(Space::Records, stored_key.clone());
-        batch.batch.remove(Space::Tombstones, stored_key);
-        batch.deltas.push((id.hash, entry_hash(key, version, true)));
+        if tombstone {
+            batch.batch.remove(Space::Tombstones, stored_key);
+        }
+        batch.deltas.push((id.hash, entry_hash(key, version, tombstone)));
         batch.states.insert(id, None);
         Ok(true)
     }

@@ -136,14 +136,42 @@ impl TestCluster {
     }
 
     pub fn id(&self, i: usize) -> String {
-        self.config.nodes[i].id.clone()
+        self.member(i).id.clone()
+    }
+
+    /// Node `i`: listed in cluster.toml, or started later by [`TestCluster::start_joining`].
+    pub fn member(&self, i: usize) -> &quorumkv::config::NodeConfig {
+        let listed = self.config.nodes.len();
+        match i < listed {
+            true => &self.config.nodes[i],
+            false => &self.config.joining[i - listed],
+        }
+    }
+
+    /// Nodes started so far (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Starts a node cluster.toml does not list (`quorumkv node --id nK --addr ADDR`), on
+    /// a free address; returns its index. It serves nothing until a layout names it.
+    pub async fn start_joining(&mut self) -> usize {
+        let i = self.nodes.len();
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let addr = socket.local_addr().unwrap();
+        let id = format!("n{}", i + 1);
+        self.config = self.config.clone().with_node_addr(&id, addr).expect("a new node");
+        self.faults.push(Faults::default());
+        let node = self.start_node(i, Some(socket), false).await;
+        self.nodes.push(Some(node));
+        i
     }
 
     async fn start_node(&self, i: usize, socket: Option<std::net::UdpSocket>, refill: bool) -> Node {
         let id = self.id(i);
         let socket = match socket {
             Some(s) => s,
-            None => rebind(self.config.nodes[i].addr).await,
+            None => rebind(self.member(i).addr).await,
         };
         let mut parts = NodeParts::real(&self.config, &id, Some(socket)).expect("node parts");
         parts.socket = Arc::new(FaultyUdpSocket::new(parts.socket, self.faults[i].clone()));
@@ -159,8 +187,8 @@ impl TestCluster {
     /// Cuts the links between node `i` and each node in `others`.
     pub fn cut(&self, i: usize, others: &[usize]) {
         for &j in others {
-            self.faults[i].block(self.config.nodes[j].addr);
-            self.faults[j].block(self.config.nodes[i].addr);
+            self.faults[i].block(self.member(j).addr);
+            self.faults[j].block(self.member(i).addr);
         }
     }
 
@@ -210,7 +238,7 @@ impl TestCluster {
         .unwrap();
         let tls = self.client_identity().client_config().unwrap();
         let conn = endpoint
-            .connect_with(tls, self.config.nodes[i].addr, &self.id(i))
+            .connect_with(tls, self.member(i).addr, &self.id(i))
             .unwrap()
             .await
             .expect("a connection");
@@ -238,7 +266,7 @@ impl TestCluster {
         let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
         let runtime = Arc::new(quinn::TokioRuntime);
         let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
-        let node = &self.config.nodes[i];
+        let node = self.member(i);
         endpoint
             .connect_with(tls, node.addr, &node.id)
             .unwrap()

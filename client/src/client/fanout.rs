@@ -343,7 +343,7 @@ impl Inner {
             let reason = FailureReason::Unreachable("only writes are handed off".into());
             return (Source::Hint { holder: owner, owner }, Err(reason));
         };
-        let owner_id = self.cluster.members[owner].id.clone();
+        let owner_id = self.member_id(owner);
         let usable = candidates
             .iter()
             .copied()
@@ -379,11 +379,11 @@ impl Inner {
     ) -> Result<(Vec<(usize, T)>, Answers), ClientError> {
         let mut tracker = QuorumTracker::new(targets.len(), plan.needed);
         let mut results = Vec::with_capacity(plan.needed);
-        let mut heard = vec![false; self.cluster.members.len()];
+        let mut heard = vec![false; self.roster_len()];
         // Nodes whose acknowledgement counted: a sloppy write's hint held by a node that
         // also stored its own copy is the same copy, and must not count twice (the
         // simulator found w = 2 writes held by one node, lost with its disk).
-        let mut counted = vec![false; self.cluster.members.len()];
+        let mut counted = vec![false; self.roster_len()];
         let deadline = tokio::time::sleep(plan.timeout);
         tokio::pin!(deadline);
         // Stop as soon as the quorum is reached; when it cannot be, still hear the others
@@ -398,6 +398,7 @@ impl Inner {
                 Source::Replica(node) => (node, true),
                 Source::Hint { holder, .. } => (holder, hints.sloppy),
             };
+            let answer = self.screen(node, answer);
             if let Source::Replica(node) = source {
                 heard[node] = true;
                 let failed = matches!(answer, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
@@ -435,7 +436,7 @@ impl Inner {
 
     pub(super) fn failure(&self, node: usize, reason: FailureReason) -> ReplicaFailure {
         ReplicaFailure {
-            node: self.cluster.members[node].id.clone(),
+            node: self.member_id(node),
             reason,
         }
     }

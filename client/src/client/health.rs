@@ -36,6 +36,16 @@ impl Health {
         }
     }
 
+    /// Tracks `members` nodes from now on (a layout change added some).
+    pub fn grow(&self, members: usize) {
+        for marks in [&self.down_until, &self.slow_until] {
+            let mut marks = marks.lock().unwrap_or_else(|p| p.into_inner());
+            if marks.len() < members {
+                marks.resize(members, None);
+            }
+        }
+    }
+
     /// Whether `node` failed within the last [`DOWN_BACKOFF`].
     pub fn is_down(&self, node: usize) -> bool {
         in_backoff(&self.down_until, node, Instant::now())

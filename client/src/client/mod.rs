@@ -14,6 +14,7 @@ mod fanout;
 mod health;
 mod read;
 mod repair;
+mod routing;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,8 @@ use tokio::sync::Semaphore;
 
 use crate::clock::{system_clock, Clock};
 use crate::error::{ClientError, FailureReason};
-use crate::options::{ReadOptions, RepairMode, WriteOptions};
+use crate::layout::{Change, LayoutHistory, MoveStatus, PartitionKeys};
+use crate::options::{QuorumPlan, ReadOptions, RepairMode, WriteOptions};
 use crate::ring::Ring;
 use crate::tls::TlsIdentity;
 use crate::transport::{ConnectionPool, Destination, EncodedRequest};
@@ -35,6 +37,7 @@ use bootstrap::{client_endpoint, fetch_cluster, random_writer_id};
 use fanout::{same_to_all, Background, HintPolicy};
 use health::Health;
 use repair::MAX_CONCURRENT_REPAIRS;
+use routing::{Routing, RoutingCell};
 
 pub use bootstrap::DEFAULT_CONNECT_TIMEOUT;
 pub use health::DOWN_BACKOFF;
@@ -123,7 +126,8 @@ pub struct Client {
 
 struct Inner {
     cluster: ClusterInfo,
-    ring: Ring,
+    /// The layouts requests are routed with.
+    routing: RoutingCell,
     /// Issues versions; advanced past every version read.
     hlc: Mutex<HybridClock>,
     clock: Arc<dyn Clock>,
@@ -151,21 +155,25 @@ impl Client {
             },
         };
         let cluster = fetch_cluster(&endpoint, &tls, &config.seeds, config.connect_timeout).await?;
-        let ids: Vec<String> = cluster.members.iter().map(|m| m.id.clone()).collect();
-        let ring = Ring::new(&ids, cluster.partitions, cluster.replication_factor)
-            .map_err(|e| ClientError::BadMemberList(e.to_string()))?;
+        let history = match &cluster.layout {
+            Some(history) => history.clone(),
+            None => LayoutHistory::seed(cluster.members.clone(), cluster.partitions, cluster.replication_factor)
+                .map_err(|e| ClientError::BadMemberList(e.to_string()))?,
+        };
+        let routing = Routing::new(history).map_err(|e| ClientError::BadMemberList(e.to_string()))?;
+        let ids = routing.history.roster_ids();
         let writer = match config.writer_id {
             Some(writer) => writer,
             None => random_writer_id()?,
         };
-        let destinations = cluster.members.iter().map(Destination::of).collect();
+        let destinations = routing.history.roster.iter().map(Destination::of).collect();
         let max_frame = max_response_frame(&cluster).ok_or_else(|| {
             ClientError::BadMemberList(format!(
                 "unusable limits: max_key_bytes = {}, max_value_bytes = {}",
                 cluster.max_key_bytes, cluster.max_value_bytes
             ))
         })?;
-        let health = Health::new(cluster.members.len());
+        let health = Health::new(ids.len());
         for down in &cluster.down {
             if let Some(node) = ids.iter().position(|id| id == down) {
                 health.mark_down(node);
@@ -175,7 +183,7 @@ impl Client {
             nodes: ConnectionPool::new(endpoint, tls, destinations, max_frame),
             health,
             cluster,
-            ring,
+            routing: RoutingCell::new(routing),
             hlc: Mutex::new(HybridClock::new(writer)),
             clock: config.clock,
             max_skew_micros: config.max_clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
@@ -190,9 +198,59 @@ impl Client {
         &self.inner.cluster
     }
 
-    /// The ring this client routes with.
-    pub fn ring(&self) -> &Ring {
-        &self.inner.ring
+    /// The ring this client routes reads with (the read layout's).
+    pub fn ring(&self) -> Ring {
+        self.inner.routing.get().read.clone()
+    }
+
+    /// The routing epoch requests carry now (see [`LayoutHistory::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.inner.routing.get().epoch
+    }
+
+    /// The layout history this client routes with: as a seed sent it, updated whenever a
+    /// node refused a request routed with an older one.
+    pub fn layout(&self) -> LayoutHistory {
+        self.inner.routing.get().history.clone()
+    }
+
+    /// Asks `node_id` for its layout history, and routes with it from now on if it is newer.
+    pub async fn fetch_layout(&self, node_id: &str) -> Result<LayoutHistory, ClientError> {
+        let history = self.ask_one(node_id, Request::Layout, layout_answer).await?;
+        self.inner.adopt(&history);
+        Ok(history)
+    }
+
+    /// How far `node_id` is with the move under way.
+    pub async fn move_status(&self, node_id: &str) -> Result<MoveStatus, ClientError> {
+        self.ask_one(node_id, Request::MoveStatus, |response| match response {
+            Response::MoveStatus(status) => Ok(status),
+            other => Err(unexpected(other)),
+        })
+        .await
+    }
+
+    /// Keys `node_id` holds in each of `partitions`.
+    pub async fn partition_keys(&self, node_id: &str, partitions: Vec<u32>) -> Result<Vec<PartitionKeys>, ClientError> {
+        self.ask_one(
+            node_id,
+            Request::PartitionKeys { partitions },
+            |response| match response {
+                Response::PartitionKeys(counts) => Ok(counts),
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+
+    /// Asks `node_id` to make a membership change (`quorumkv cluster add|remove|replace`);
+    /// returns the history with the new layout, or the node's refusal.
+    pub async fn change_layout(&self, node_id: &str, change: Change) -> Result<LayoutHistory, ClientError> {
+        let history = self
+            .ask_one(node_id, Request::ChangeLayout(change), layout_answer)
+            .await?;
+        self.inner.adopt(&history);
+        Ok(history)
     }
 
     /// Read repairs and hints this client performed.
@@ -226,7 +284,11 @@ impl Client {
         let key = key.into();
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
-        let mut read = self.inner.quorum_read(&key, plan).await?;
+        let mut read = self.inner.quorum_read(&key, plan).await;
+        if routed_stale(&read) {
+            read = self.inner.quorum_read(&key, plan).await;
+        }
+        let mut read = read?;
         let newest = read.newest.clone();
         if let Some(record) = &newest {
             self.observe(record.version);
@@ -273,7 +335,7 @@ impl Client {
     /// Returns the raw record (tombstones included), also from a node still refilling.
     pub async fn get_from(&self, node_id: &str, key: impl Into<Bytes>) -> Result<Option<Record>, ClientError> {
         let request = Request::GetOwn {
-            epoch: self.inner.ring.epoch(),
+            epoch: self.inner.routing.get().epoch,
             key: key.into(),
         };
         self.ask_one(node_id, request, read_answer).await
@@ -330,29 +392,19 @@ impl Client {
         })
     }
 
+    /// Writes a new version of `key` with a write quorum in every layout in use; routed
+    /// again once if a node had a newer layout.
     async fn write(&self, key: Bytes, value: Option<Bytes>, options: &WriteOptions) -> Result<Version, ClientError> {
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
         let version = self.next_version()?;
         let record = Record { version, value };
-        let request = Request::Put {
-            epoch: self.inner.ring.epoch(),
-            key: key.clone(),
-            record,
-        };
-        let targets = self.inner.targets(&key, plan.n);
-        let fallbacks = self.inner.fallbacks(&key, plan.n);
-        let hints = HintPolicy {
-            enabled: self.inner.cluster.hinted_handoff,
-            sloppy: options.sloppy,
-        };
-        // Every replica gets its copy, so the sends beyond `w` finish after we return.
-        let sends = same_to_all(&targets, &request, self.inner.nodes.request_ids());
-        let answers = self
-            .inner
-            .fan_out(sends, &fallbacks, request, plan.timeout, hints, true);
-        let judge = move |r| write_answer(r, version);
-        let result = self.inner.collect(answers, &targets, plan, hints, judge).await;
+        let mut routing = self.inner.routing.get();
+        let mut result = self.write_routed(&routing, &key, &record, options, plan).await;
+        if routed_stale(&result) {
+            routing = self.inner.routing.get();
+            result = self.write_routed(&routing, &key, &record, options, plan).await;
+        }
         if let Err(ClientError::Unavailable { failures, .. }) = &result {
             for f in failures {
                 if let FailureReason::Stale { current } = f.reason {
@@ -361,6 +413,46 @@ impl Client {
             }
         }
         result.map(|_| version)
+    }
+
+    /// One write of `record` to every layout of `routing` at once (the same version, so a
+    /// node in both stores it once and acknowledges both).
+    async fn write_routed(
+        &self,
+        routing: &Routing,
+        key: &Bytes,
+        record: &Record,
+        options: &WriteOptions,
+        plan: QuorumPlan,
+    ) -> Result<(), ClientError> {
+        let writes = routing.writes.iter().map(|ring| {
+            let request = Request::Put {
+                epoch: routing.epoch,
+                key: key.clone(),
+                record: record.clone(),
+            };
+            let targets = targets(ring, key, plan.n);
+            let fallbacks = fallbacks(ring, key, plan.n);
+            let hints = HintPolicy {
+                enabled: self.inner.cluster.hinted_handoff,
+                sloppy: options.sloppy,
+            };
+            let version = record.version;
+            async move {
+                // Every replica gets its copy, so the sends beyond `w` finish after we return.
+                let sends = same_to_all(&targets, &request, self.inner.nodes.request_ids());
+                let answers = self
+                    .inner
+                    .fan_out(sends, &fallbacks, request, plan.timeout, hints, true);
+                let judge = move |r| write_answer(r, version);
+                self.inner
+                    .collect(answers, &targets, plan, hints, judge)
+                    .await
+                    .map(|_| ())
+            }
+        });
+        let results = futures_util::future::join_all(writes).await;
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
     }
 
     fn next_version(&self) -> Result<Version, ClockExhausted> {
@@ -381,24 +473,71 @@ impl Client {
     }
 }
 
+/// The first `n` replicas of `key` in `ring`.
+fn targets(ring: &Ring, key: &[u8], n: usize) -> Vec<usize> {
+    let partition = ring.partition_of(key);
+    ring.replicas(partition).iter().take(n).copied().collect()
+}
+
+/// Nodes that may hold hints for the targets of `key`: the rest of the preference list
+/// (fallbacks proper first, then the other targets: with as many nodes as replicas,
+/// a hint waits on another replica).
+fn fallbacks(ring: &Ring, key: &[u8], n: usize) -> Vec<usize> {
+    let list = ring.preference_list(ring.partition_of(key));
+    list.iter().skip(n).chain(list.iter().take(n)).copied().collect()
+}
+
+/// Whether a request failed because some node had a newer layout (the client has
+/// adopted it by then: route again).
+fn routed_stale<T>(result: &Result<T, ClientError>) -> bool {
+    let Err(ClientError::Unavailable { failures, .. }) = result else {
+        return false;
+    };
+    failures
+        .iter()
+        .any(|f| matches!(&f.reason, FailureReason::Refused(reply) if reply.kind == ErrorKind::StaleEpoch))
+}
+
 impl Inner {
-    /// The first `n` replicas of `key`.
-    fn targets(&self, key: &[u8], n: usize) -> Vec<usize> {
-        let partition = self.ring.partition_of(key);
-        self.ring.replicas(partition).iter().take(n).copied().collect()
-    }
-
-    /// Nodes that may hold hints for the targets of `key`: the rest of the preference list
-    /// (fallbacks proper first, then the other targets: with as many nodes as replicas,
-    /// a hint waits on another replica).
-    fn fallbacks(&self, key: &[u8], n: usize) -> Vec<usize> {
-        let list = self.ring.preference_list(self.ring.partition_of(key));
-        list.iter().skip(n).chain(list.iter().take(n)).copied().collect()
-    }
-
     fn member_index(&self, node_id: &str) -> Result<usize, ClientError> {
-        let found = self.cluster.members.iter().position(|m| m.id == node_id);
+        let found = self.routing.get().history.index_of(node_id);
         found.ok_or_else(|| ClientError::InvalidOptions(format!("no member named {node_id:?}")))
+    }
+
+    /// Node id of roster index `node`.
+    fn member_id(&self, node: usize) -> String {
+        self.routing.get().id(node)
+    }
+
+    /// Nodes in the roster (every index a request may use is below it).
+    fn roster_len(&self) -> usize {
+        self.routing.get().history.roster.len()
+    }
+
+    /// `node`'s answer, except that a refusal for routing with an older layout becomes a
+    /// failure (kind [`ErrorKind::StaleEpoch`]) once the node's layout is adopted: the
+    /// request is then routed again.
+    fn screen(&self, node: usize, answer: Result<Response, FailureReason>) -> Result<Response, FailureReason> {
+        match answer {
+            Ok(Response::StaleLayout(history)) => {
+                self.adopt(&history);
+                Err(FailureReason::Refused(crate::wire::ErrorReply {
+                    kind: ErrorKind::StaleEpoch,
+                    message: format!("{} has a newer layout", self.member_id(node)),
+                }))
+            }
+            other => other,
+        }
+    }
+
+    /// Routes with `history` from now on if it is newer; new nodes get a connection slot.
+    fn adopt(&self, history: &LayoutHistory) {
+        if let Some(routing) = self.routing.adopt(history) {
+            self.nodes
+                .add_destinations(routing.history.roster.iter().map(Destination::of));
+            self.health.grow(routing.history.roster.len());
+            tracing::debug!("routing with layout epoch {:x}", routing.epoch);
+        }
     }
 
     async fn call_with_timeout(
@@ -421,7 +560,7 @@ impl Inner {
         timeout: Duration,
     ) -> Result<Response, FailureReason> {
         match tokio::time::timeout(timeout, self.nodes.call_encoded(node, request)).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => self.screen(node, Ok(response)),
             Ok(Err(e)) => Err(FailureReason::Unreachable(e.to_string())),
             Err(_) => Err(FailureReason::Timeout),
         }
@@ -438,6 +577,13 @@ fn check_size(what: &'static str, len: usize, max: usize) -> Result<(), ClientEr
 fn read_answer(response: Response) -> Result<Option<Record>, FailureReason> {
     match response {
         Response::Record(record) => Ok(record),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn layout_answer(response: Response) -> Result<LayoutHistory, FailureReason> {
+    match response {
+        Response::Layout(history) => Ok(*history),
         other => Err(unexpected(other)),
     }
 }

@@ -84,13 +84,14 @@ impl Inner {
         plan: QuorumPlan,
     ) -> Result<ReadOutcome, ClientError> {
         let deadline = Instant::now() + plan.timeout;
-        let targets = self.targets(key, plan.n);
+        let routing = self.routing.get();
+        let targets = super::targets(&routing.read, key, plan.n);
         let up = || targets.iter().copied().filter(|&node| !self.health.is_down(node));
         let data_node = up()
             .find(|&node| !self.health.is_slow(node))
             .or_else(|| up().next())
             .unwrap_or(targets[0]);
-        let epoch = self.ring.epoch();
+        let epoch = routing.epoch;
         let get = Request::Get {
             epoch,
             key: key.clone(),
@@ -175,7 +176,7 @@ impl Inner {
         let mut failures = Vec::new();
         for (tried, &node) in candidates.iter().enumerate() {
             let request = Request::Get {
-                epoch: self.ring.epoch(),
+                epoch: self.routing.get().epoch,
                 key: key.clone(),
             };
             let left = (candidates.len() - tried) as u32;

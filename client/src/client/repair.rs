@@ -38,7 +38,7 @@ impl Inner {
             .filter(|(_, held)| held.is_none_or(|h| h.version < newest.version));
         let repairs = stale.map(|&(node, _)| {
             let request = Request::Put {
-                epoch: self.ring.epoch(),
+                epoch: self.routing.get().epoch,
                 key: key.clone(),
                 record: newest.clone(),
             };

@@ -36,10 +36,15 @@ pub struct ClusterInfo {
     /// of waiting for a dial that cannot succeed. Empty from nodes that predate it.
     #[serde(default)]
     pub down: Vec<String>,
+    /// The answering node's layout history: the client routes with it (`members` is its
+    /// roster). `None` from nodes that predate layouts: the client seeds version 1 from
+    /// `members`, as those nodes did.
+    #[serde(default)]
+    pub layout: Option<crate::layout::LayoutHistory>,
 }
 
 /// Fields of [`ClusterInfo`] on the wire.
-const CLUSTER_INFO_FIELDS: usize = 8;
+const CLUSTER_INFO_FIELDS: usize = 9;
 
 /// Always a map, whatever the serializer's struct form (see the module doc). Every field
 /// of [`ClusterInfo`] must be listed here; the round-trip test in this module fails for
@@ -55,6 +60,7 @@ impl Serialize for ClusterInfo {
         map.serialize_entry("max_value_bytes", &self.max_value_bytes)?;
         map.serialize_entry("hinted_handoff", &self.hinted_handoff)?;
         map.serialize_entry("down", &self.down)?;
+        map.serialize_entry("layout", &self.layout)?;
         map.end()
     }
 }
@@ -135,12 +141,15 @@ mod tests {
             max_value_bytes: 4096,
             hinted_handoff: true,
             down: down.iter().map(|s| s.to_string()).collect(),
+            layout: None,
         }
     }
 
     #[test]
     fn every_field_round_trips() {
-        let sent = info(&["n2", "n3"]);
+        let mut sent = info(&["n2", "n3"]);
+        let layout = crate::layout::LayoutHistory::seed(sent.members.clone(), 64, 1).unwrap();
+        sent.layout = Some(layout);
         let frame = frame_bytes(&Frame {
             id: 1,
             body: Response::Members(sent.clone()),

@@ -1,0 +1,249 @@
+//! Growing, shrinking and replacing nodes of a running cluster (real nodes on loopback),
+//! under continuous writes and reads checked by the history checker, with a node
+//! restarted in the middle of each move: nothing acknowledged is lost, no read or write
+//! fails for lack of replicas, and afterwards every key lives exactly on its new
+//! replicas.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_until, Shape, TestCluster};
+use quorumkv::history::{check_final, check_history, Op, Outcome, Recorder};
+use quorumkv_client::layout::{Change, LayoutHistory};
+use quorumkv_client::wire::{ErrorKind, Request, Response};
+use quorumkv_client::{Client, ReadOptions, Record, RepairMode, WriteOptions};
+use tokio::task::JoinHandle;
+
+/// Fast pings and syncs, so that a move takes seconds.
+const FAST: &str =
+    "[convergence]\nping_interval_ms = 100\nanti_entropy_interval_ms = 500\nhint_delivery_interval_ms = 200";
+/// Keys written before the move.
+const PRELOADED: usize = 300;
+/// Keys the workload writes and reads during the move.
+const WORKLOAD_KEYS: usize = 30;
+/// Clients of the workload.
+const CLIENTS: usize = 2;
+/// Longest a move may take here.
+const MOVE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Clients writing and reading `WORKLOAD_KEYS` keys until stopped, recording a history.
+struct Workload {
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workload {
+    async fn start(cluster: &TestCluster) -> Workload {
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(cluster.client().await);
+        }
+        let recorder = Arc::new(Recorder::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = clients
+            .into_iter()
+            .enumerate()
+            .map(|(who, client)| {
+                let (recorder, stop) = (recorder.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut step = who;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Each client writes keys of its own (a write never loses to
+                        // another's), and reads everyone's.
+                        let key = format!("w{}", (step * 7) % WORKLOAD_KEYS);
+                        let own = format!("w{}", (step * 7) % WORKLOAD_KEYS / CLIENTS * CLIENTS + who);
+                        match step % 3 {
+                            0 => recorder.put(&client, who, &own, &WriteOptions::default()).await,
+                            1 => recorder.get(&client, who, &key, &ReadOptions::default()).await,
+                            _ => {
+                                let blocking = ReadOptions {
+                                    repair: RepairMode::Blocking,
+                                    ..ReadOptions::default()
+                                };
+                                recorder.get(&client, who, &key, &blocking).await
+                            }
+                        };
+                        step += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Workload { recorder, stop, tasks }
+    }
+
+    /// Waits until `count` more operations completed.
+    async fn run_ops(&self, count: usize) {
+        let target = self.recorder.len() + count;
+        wait_until("the workload runs", Duration::from_secs(60), || async {
+            let done = self.recorder.len();
+            (done >= target).then_some(()).ok_or(format!("{done} of {target}"))
+        })
+        .await;
+    }
+
+    async fn stop(mut self) -> Vec<Op> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.tasks) {
+            task.await.expect("client task");
+        }
+        self.recorder.history()
+    }
+}
+
+/// Preloads `PRELOADED` keys with every replica acknowledging.
+async fn preload(client: &Client) {
+    let all = WriteOptions {
+        w: Some(3),
+        ..WriteOptions::default()
+    };
+    for i in 0..PRELOADED {
+        client
+            .put_with(format!("p{i}"), format!("v{i}"), &all)
+            .await
+            .expect("preload");
+    }
+}
+
+/// Waits until every running node of `ids` has one layout in use, version `version`,
+/// and nothing left to drop.
+async fn move_done(client: &Client, ids: &[String], version: u64) {
+    wait_until("the move completes", MOVE_DEADLINE, || async {
+        for id in ids {
+            let history = client.fetch_layout(id).await.map_err(|e| format!("{id}: {e}"))?;
+            if history.moving() || history.newest().version != version {
+                let versions: Vec<u64> = history.layouts.iter().map(|l| l.version).collect();
+                return Err(format!(
+                    "{id} uses layouts {versions:?}, progress {:?}",
+                    history.progress
+                ));
+            }
+            let status = client.move_status(id).await.map_err(|e| format!("{id}: {e}"))?;
+            if !status.dropping.is_empty() {
+                return Err(format!("{id} still drops {} partitions", status.dropping.len()));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Checks the history: no promise broken, no operation failed (for lack of replicas: no
+/// two clients write one key), and every acknowledged write is in each key's final value
+/// (read with r = n).
+async fn check(client: &Client, history: &[Op]) {
+    let violations = check_history(history);
+    assert!(violations.is_empty(), "{violations:#?}");
+    let failed: Vec<&Op> = history
+        .iter()
+        .filter(|op| matches!(&op.outcome, Outcome::Failed(_) | Outcome::Indeterminate(_)))
+        .collect();
+    assert!(failed.is_empty(), "operations failed during the move: {failed:#?}");
+    let all = ReadOptions {
+        r: Some(3),
+        ..ReadOptions::default()
+    };
+    let mut finals = BTreeMap::new();
+    for key in history.iter().map(|op| op.key.clone()).collect::<BTreeSet<_>>() {
+        let found = client.get_with(key.clone(), &all).await.expect("final read");
+        let record = found.map(|v| Record {
+            version: v.version,
+            value: Some(v.value),
+        });
+        finals.insert(key, record);
+    }
+    let violations = check_final(history, &finals);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Every key of `keys` is held by exactly its replicas in `history`'s layout.
+async fn placed_exactly(client: &Client, history: &LayoutHistory, ids: &[String], keys: &[String]) {
+    let ring = history.ring_of(history.newest()).unwrap();
+    for key in keys {
+        let replicas: BTreeSet<String> = ring
+            .replicas(ring.partition_of(key.as_bytes()))
+            .iter()
+            .map(|&r| ring.members()[r].clone())
+            .collect();
+        for id in ids {
+            let copy = client.get_from(id, key.clone()).await.expect("own copy");
+            assert_eq!(
+                copy.is_some(),
+                replicas.contains(id),
+                "{key} on {id}: replicas are {replicas:?}"
+            );
+        }
+    }
+}
+
+fn all_keys() -> Vec<String> {
+    (0..PRELOADED).map(|i| format!("p{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_from_three_to_four_moves_a_share_and_loses_nothing() {
+    let mut cluster = TestCluster::start(Shape::three().with(FAST)).await;
+    let client = cluster.client().await;
+    preload(&client).await;
+    let n4 = cluster.start_joining().await;
+    let refused = cluster
+        .ask(
+            n4,
+            Request::Get {
+                epoch: client.epoch(),
+                key: "p1".into(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(&refused, Response::Error(e) if e.kind == ErrorKind::UnknownNode),
+        "a node no layout names serves nothing: {refused:?}"
+    );
+
+    let workload = Workload::start(&cluster).await;
+    workload.run_ops(100).await;
+    let added = Change::Add {
+        id: cluster.id(n4),
+        addr: cluster.member(n4).addr,
+    };
+    let history = client.change_layout("n1", added.clone()).await.expect("n4 is added");
+    assert!(history.moving());
+    assert_eq!(history.newest().version, 2);
+    let again = client.change_layout("n1", added).await.unwrap_err().to_string();
+    assert!(
+        again.contains("already a member") || again.contains("under way"),
+        "{again}"
+    );
+    // n2 stops before every member has acked the new layout: the move waits for it, and
+    // resumes from its stored history when it is back.
+    cluster.stop(1).await;
+    workload.run_ops(50).await;
+    cluster.restart(1).await;
+    workload.run_ops(50).await;
+    let ids: Vec<String> = (0..4).map(|i| cluster.id(i)).collect();
+    move_done(&client, &ids, 2).await;
+    workload.run_ops(100).await;
+    let ops = workload.stop().await;
+    check(&client, &ops).await;
+
+    let history = client.fetch_layout("n1").await.unwrap();
+    placed_exactly(&client, &history, &ids, &all_keys()).await;
+    let n4_keys: u64 = client
+        .partition_keys("n4", (0..256).collect())
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.keys)
+        .sum();
+    let share = (PRELOADED + WORKLOAD_KEYS) as f64 * 3.0 / 4.0;
+    assert!(
+        (n4_keys as f64) > share * 0.6 && (n4_keys as f64) < share * 1.4,
+        "n4 holds {n4_keys} keys, about {share} expected"
+    );
+    cluster.shutdown().await;
+}
