@@ -23,7 +23,7 @@ use quorumkv_client::wire::{
 use crate::admission::Refusal;
 use crate::config::ClusterConfig;
 use crate::context::NodeContext;
-use crate::membership::report;
+use crate::membership::{report, NodeLayout};
 use crate::metrics::{Op, RequestMetrics};
 use crate::refill::{read_through, ReadThroughError};
 use crate::server::{AnswerSize, Handler, Reply};
@@ -140,8 +140,11 @@ impl Replica {
         Ok(get_response(self.ctx.storage.get(key).await))
     }
 
+    /// This node's own copy, whether or not it replicates the key (for inspection: a node
+    /// removed from the cluster shows what it still holds).
     async fn get_own(&self, epoch: u64, key: Bytes) -> Result<Response, Response> {
-        self.check_read(epoch, &key).map_err(|r| *r)?;
+        self.check_routing(epoch).map_err(|r| *r)?;
+        self.ctx.limits.check_key(&key).map_err(refused)?;
         Ok(get_response(self.ctx.storage.get(key).await))
     }
 
@@ -225,20 +228,33 @@ impl Replica {
     /// served, since its sender knows more. A node that no layout it knows names serves
     /// nothing routed with that layout.
     fn check_epoch(&self, epoch: u64) -> Result<(), Box<Response>> {
+        let layout = self.check_routing(epoch)?;
+        // A sender with a newer layout knows better (this node may be about to learn that
+        // it joined); with the same one, a node no layout names serves nothing.
+        if epoch == layout.epoch && !layout.is_member() {
+            let message = match layout.me {
+                None => format!(
+                    "{} is not a member of the cluster yet: `quorumkv cluster add {} ADDR` makes it one",
+                    self.ctx.id, self.ctx.id
+                ),
+                Some(_) => format!(
+                    "{} replicates nothing in the layouts in use (it was removed)",
+                    self.ctx.id
+                ),
+            };
+            return Err(Box::new(reply(ErrorKind::UnknownNode, message)));
+        }
+        Ok(())
+    }
+
+    /// Refuses a request routed with an older layout than this node's, answering with
+    /// this node's history; returns the layout otherwise.
+    fn check_routing(&self, epoch: u64) -> Result<Arc<NodeLayout>, Box<Response>> {
         let layout = self.ctx.layout();
         if epoch < layout.epoch {
             return Err(Box::new(Response::StaleLayout(Box::new(layout.history.clone()))));
         }
-        // A sender with a newer layout knows better (this node may be about to learn that
-        // it joined); with the same one, a node no layout names serves nothing.
-        if epoch == layout.epoch && !layout.is_member() {
-            let message = format!(
-                "{} is not a member of the cluster yet: `quorumkv cluster add {} ADDR` makes it one",
-                self.ctx.id, self.ctx.id
-            );
-            return Err(Box::new(reply(ErrorKind::UnknownNode, message)));
-        }
-        Ok(())
+        Ok(layout)
     }
 }
 

@@ -247,3 +247,132 @@ async fn growing_from_three_to_four_moves_a_share_and_loses_nothing() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_four_to_five_then_shrinking_back_survives_restarts_of_the_coordinator_and_a_new_node() {
+    let shape = Shape {
+        nodes: 4,
+        ..Shape::three()
+    };
+    let mut cluster = TestCluster::start(shape.with(FAST)).await;
+    let client = cluster.client().await;
+    preload(&client).await;
+    let n5 = cluster.start_joining().await;
+    let workload = Workload::start(&cluster).await;
+    workload.run_ops(50).await;
+
+    // Grow: n1 makes the change and stops before telling anyone; the move waits for it
+    // and resumes from n1's stored history when it is back.
+    let added = Change::Add {
+        id: cluster.id(n5),
+        addr: cluster.member(n5).addr,
+    };
+    client.change_layout("n1", added).await.expect("n5 is added");
+    cluster.stop(0).await;
+    workload.run_ops(50).await;
+    cluster.restart(0).await;
+    let ids: Vec<String> = (0..5).map(|i| cluster.id(i)).collect();
+    move_done(&client, &ids, 2).await;
+    workload.run_ops(50).await;
+
+    // Shrink: n2 leaves; n5 restarts in the middle of the move.
+    let removed = Change::Remove {
+        id: "n2".into(),
+        gone: false,
+    };
+    let history = client.change_layout("n3", removed).await.expect("n2 is removed");
+    assert_eq!(history.newest().version, 3);
+    workload.run_ops(30).await;
+    cluster.stop(n5).await;
+    workload.run_ops(50).await;
+    cluster.restart(n5).await;
+    move_done(&client, &ids, 3).await;
+    workload.run_ops(50).await;
+    let ops = workload.stop().await;
+    check(&client, &ops).await;
+
+    let history = client.fetch_layout("n1").await.unwrap();
+    assert!(!history.members().contains(&1), "n2 owns nothing");
+    placed_exactly(&client, &history, &ids, &all_keys()).await;
+    let left_on_n2 = client.partition_keys("n2", (0..256).collect()).await.unwrap();
+    assert!(left_on_n2.iter().all(|p| p.keys == 0), "n2 dropped everything");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_dead_node_refills_its_partitions_from_the_others() {
+    let shape = Shape {
+        nodes: 4,
+        ..Shape::three()
+    };
+    let mut cluster = TestCluster::start(shape.with(FAST)).await;
+    let client = cluster.client().await;
+    preload(&client).await;
+    // n3 dies with its disk.
+    cluster.stop(2).await;
+    cluster.wipe(2);
+    let n5 = cluster.start_joining().await;
+    let workload = Workload::start(&cluster).await;
+    workload.run_ops(50).await;
+    let replaced = Change::Replace {
+        old: "n3".into(),
+        new: cluster.id(n5),
+        addr: cluster.member(n5).addr,
+    };
+    let history = client.change_layout("n1", replaced).await.expect("n3 is replaced");
+    assert_eq!(history.newest().gone, vec!["n3".to_string()]);
+    workload.run_ops(50).await;
+    cluster.stop(n5).await;
+    workload.run_ops(30).await;
+    cluster.restart(n5).await;
+    let ids: Vec<String> = [0, 1, 3, 4].iter().map(|&i| cluster.id(i)).collect();
+    move_done(&client, &ids, 2).await;
+    workload.run_ops(50).await;
+    let ops = workload.stop().await;
+    check(&client, &ops).await;
+
+    let history = client.fetch_layout("n1").await.unwrap();
+    placed_exactly(&client, &history, &ids, &all_keys()).await;
+    // Every preloaded key is on all three of its replicas again, n5 included.
+    let all = ReadOptions {
+        r: Some(3),
+        ..ReadOptions::default()
+    };
+    for key in all_keys() {
+        assert!(client.get_with(key.clone(), &all).await.unwrap().is_some(), "{key}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_with_the_old_owners_until_the_new_ones_are_filled() {
+    // Pulls at 20 keys/s: n4 takes many seconds to fill.
+    let slow = format!("{FAST}\nanti_entropy_keys_per_sec = 20");
+    let mut cluster = TestCluster::start(Shape::three().with(&slow)).await;
+    let client = cluster.client().await;
+    preload(&client).await;
+    let n4 = cluster.start_joining().await;
+    let added = Change::Add {
+        id: cluster.id(n4),
+        addr: cluster.member(n4).addr,
+    };
+    client.change_layout("n1", added).await.expect("n4 is added");
+    wait_until("n4 starts pulling", MOVE_DEADLINE, || async {
+        let status = client.move_status("n4").await.map_err(|e| e.to_string())?;
+        (!status.pulling.is_empty()).then_some(()).ok_or(format!("{status:?}"))
+    })
+    .await;
+    // One answer is enough for these reads: were n4 (still nearly empty) asked, its "not
+    // found" would often be the first.
+    let one = ReadOptions {
+        r: Some(1),
+        ..ReadOptions::default()
+    };
+    for key in all_keys() {
+        let found = client.get_with(key.clone(), &one).await.expect("a read");
+        assert!(found.is_some(), "{key} not found in the middle of the move");
+    }
+    let status = client.move_status("n4").await.unwrap();
+    assert!(!status.pulling.is_empty(), "the reads ran while n4 was still filling");
+    cluster.shutdown().await;
+}

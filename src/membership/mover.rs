@@ -34,6 +34,9 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let tick = Duration::from_millis(ctx.convergence.ping_interval_ms);
     let pusher = AntiEntropy::new(ctx.clone());
     let mut last_log = Instant::now();
+    // The layout epoch for which nothing was left to drop: nothing lands in a partition
+    // this node does not replicate until the layout changes again.
+    let mut nothing_to_drop_at = None;
     loop {
         tokio::select! {
             biased;
@@ -50,6 +53,10 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
                 last_log = Instant::now();
             }
         }
+        let epoch = ctx.layout().epoch;
+        if nothing_to_drop_at == Some(epoch) {
+            continue;
+        }
         let lost = match lost_partitions(&ctx).await {
             Ok(lost) => lost,
             Err(e) => {
@@ -57,6 +64,9 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
                 continue;
             }
         };
+        if lost.is_empty() && !ctx.layout().history.moving() {
+            nothing_to_drop_at = Some(epoch);
+        }
         if let Some(&partition) = lost.first() {
             tokio::select! {
                 biased;

@@ -284,8 +284,14 @@ impl Client {
         let key = key.into();
         let plan = options.plan(&self.inner.cluster.defaults, self.inner.cluster.replication_factor)?;
         check_size("key", key.len(), self.inner.cluster.max_key_bytes)?;
+        let mut epoch = self.inner.routing.get().epoch;
         let mut read = self.inner.quorum_read(&key, plan).await;
-        if routed_stale(&read) {
+        for _ in 0..MAX_REROUTES {
+            let newer = self.inner.routing.get().epoch;
+            if !routed_stale(&read) || newer <= epoch {
+                break;
+            }
+            epoch = newer;
             read = self.inner.quorum_read(&key, plan).await;
         }
         let mut read = read?;
@@ -401,8 +407,12 @@ impl Client {
         let record = Record { version, value };
         let mut routing = self.inner.routing.get();
         let mut result = self.write_routed(&routing, &key, &record, options, plan).await;
-        if routed_stale(&result) {
-            routing = self.inner.routing.get();
+        for _ in 0..MAX_REROUTES {
+            let newer = self.inner.routing.get();
+            if !routed_stale(&result) || newer.epoch <= routing.epoch {
+                break;
+            }
+            routing = newer;
             result = self.write_routed(&routing, &key, &record, options, plan).await;
         }
         if let Err(ClientError::Unavailable { failures, .. }) = &result {
@@ -486,6 +496,12 @@ fn fallbacks(ring: &Ring, key: &[u8], n: usize) -> Vec<usize> {
     let list = ring.preference_list(ring.partition_of(key));
     list.iter().skip(n).chain(list.iter().take(n)).copied().collect()
 }
+
+/// How many times one request is routed again after nodes answered with newer layouts:
+/// a move changes the routing epoch three times (new layout, reads switched, old
+/// retired), and a request may straddle each; it is routed again only when the client
+/// did learn a newer layout, so this bounds nothing but a cluster changing faster.
+const MAX_REROUTES: usize = 4;
 
 /// Whether a request failed because some node had a newer layout (the client has
 /// adopted it by then: route again).
