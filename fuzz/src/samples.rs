@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use quorumkv::peer::{KeyedRecord, LeafEntries, LeafProbe, PeerRequest, PeerResponse};
 use quorumkv::storage::Entry;
+use quorumkv_client::layout::{Change, LayoutHistory, MoveStatus, PartitionKeys, Progress, PullLeft};
 use quorumkv_client::wire::{
     AgreementSummary, AntiEntropyCounters, ClusterInfo, ErrorKind, ErrorReply, Frame, HeldVersion, Member, NodeStatus,
     NodeSummary, PartitionStatus, PeerStatus, QuorumDefaults, Record, ReplicaAgreement, Request, Response,
@@ -65,6 +66,28 @@ pub fn client_requests() -> Vec<(&'static str, Frame<Request>)> {
         ("v2_get_version", Request::GetVersion { epoch, key: key() }),
         ("v2_status_summary", Request::StatusSummary { partitions: true }),
         ("v2_get_own", Request::GetOwn { epoch, key: key() }),
+        ("v2_layout", Request::Layout),
+        (
+            "v2_change_layout",
+            Request::ChangeLayout(Change::Add {
+                id: "n4".into(),
+                addr: ([127, 0, 0, 1], 7004).into(),
+            }),
+        ),
+        (
+            "v2_remove",
+            Request::ChangeLayout(Change::Remove {
+                id: "n2".into(),
+                gone: true,
+            }),
+        ),
+        ("v2_move_status", Request::MoveStatus),
+        (
+            "v2_partition_keys",
+            Request::PartitionKeys {
+                partitions: vec![0, 7, 255],
+            },
+        ),
     ];
     framed(bodies)
 }
@@ -83,6 +106,13 @@ pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
             },
         ),
         ("members", Response::Members(cluster_info())),
+        (
+            "v2_members_with_layout",
+            Response::Members(ClusterInfo {
+                layout: Some(moving_layout()),
+                ..cluster_info()
+            }),
+        ),
         // Limits whose frame size is exactly usize::MAX: one mutation past it overflows.
         ("members_at_limits", Response::Members(cluster_info_at_limits())),
         ("status", Response::Status(node_status())),
@@ -108,6 +138,29 @@ pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
                 message: "refilling after starting empty, and replica n3 did not answer".into(),
             }),
         ),
+        ("v2_layout", Response::Layout(Box::new(moving_layout()))),
+        ("v2_stale_layout", Response::StaleLayout(Box::new(moving_layout()))),
+        (
+            "v2_move_status",
+            Response::MoveStatus(MoveStatus {
+                node: "n4".into(),
+                version: 2,
+                progress: Progress::done(1),
+                pulling: vec![PullLeft {
+                    partition: 9,
+                    sources: vec!["n1".into(), "n2".into()],
+                    keys_here: 120,
+                }],
+                dropping: vec![PartitionKeys { partition: 3, keys: 40 }],
+            }),
+        ),
+        (
+            "v2_partition_keys",
+            Response::PartitionKeys(vec![PartitionKeys {
+                partition: 0,
+                keys: 3906,
+            }]),
+        ),
     ];
     framed(bodies)
 }
@@ -115,7 +168,20 @@ pub fn client_responses() -> Vec<(&'static str, Frame<Response>)> {
 /// Node-to-node requests.
 pub fn peer_requests() -> Vec<(&'static str, Frame<PeerRequest>)> {
     let bodies = [
-        ("ping", PeerRequest::Ping),
+        (
+            "ping",
+            PeerRequest::Ping {
+                digest: 7,
+                layout: Some(Box::new(moving_layout())),
+            },
+        ),
+        (
+            "ping_without_layout",
+            PeerRequest::Ping {
+                digest: 7,
+                layout: None,
+            },
+        ),
         (
             "roots",
             PeerRequest::Roots {
@@ -161,7 +227,13 @@ pub fn peer_responses() -> Vec<(&'static str, Frame<PeerResponse>)> {
         tombstone: false,
     };
     let bodies = [
-        ("pong", PeerResponse::Pong),
+        (
+            "pong",
+            PeerResponse::Pong {
+                digest: 7,
+                layout: Some(Box::new(moving_layout())),
+            },
+        ),
         (
             "inner",
             PeerResponse::Inner {
@@ -241,7 +313,20 @@ fn cluster_info() -> ClusterInfo {
         max_value_bytes: 4 << 20,
         hinted_handoff: true,
         down: vec!["n3".into()],
+        layout: None,
     }
+}
+
+/// A history in the middle of growing from three nodes to four.
+fn moving_layout() -> LayoutHistory {
+    let info = cluster_info();
+    let three =
+        LayoutHistory::seed(info.members, info.partitions, info.replication_factor).expect("three nodes make a ring");
+    let four = Change::Add {
+        id: "n4".into(),
+        addr: ([127, 0, 0, 1], 7004).into(),
+    };
+    three.change(&four).expect("n4 can join")
 }
 
 fn cluster_info_at_limits() -> ClusterInfo {

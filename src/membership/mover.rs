@@ -92,7 +92,10 @@ async fn step(ctx: &NodeContext) -> anyhow::Result<()> {
     let version = history.newest().version;
     let mine = layout.my_progress(membership.id());
     if mine.ack < version {
-        // Every write accepted under an older layout is applied before the node says so.
+        // Every write accepted under an older layout is applied before the node says so:
+        // a request's layout check and its queueing on the store happen in one poll (the
+        // node runs one current-thread runtime), so the flush queued here comes after
+        // every write checked against the old layout.
         ctx.storage.flush().await?;
         membership.advance(Progress { ack: version, ..mine }).await?;
         tracing::info!("layout {version}: in use here");
