@@ -70,6 +70,15 @@ impl NodeContext {
         self.layout().index_of(id)
     }
 
+    /// What the failure detector says of the other nodes of the layouts in use (a removed
+    /// node is no longer pinged, so its last state means nothing).
+    pub fn peer_statuses(&self, layout: &NodeLayout) -> Vec<quorumkv_client::wire::PeerStatus> {
+        let active: Vec<String> = layout.active().into_iter().map(|i| layout.id(i).to_string()).collect();
+        let mut peers = self.detector.snapshot(layout.me);
+        peers.retain(|p| active.contains(&p.id));
+        peers
+    }
+
     /// A number that tells this node apart (for spreading timers), from its id.
     pub fn id_hash(&self) -> u64 {
         let mut first = [0u8; 4];
@@ -94,7 +103,7 @@ impl NodeContext {
         NodeStatus {
             id: self.id.clone(),
             trees_ready: self.storage.forest().is_ready(),
-            peers: self.detector.snapshot(layout.me),
+            peers: self.peer_statuses(&layout),
             partitions: layout
                 .my_partitions()
                 .into_iter()

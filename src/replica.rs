@@ -123,7 +123,7 @@ impl Replica {
     /// down, so that a client bootstrapping from it does not wait on them.
     fn members(&self) -> Response {
         let layout = self.ctx.layout();
-        let down = self.ctx.detector.snapshot(layout.me).into_iter();
+        let down = self.ctx.peer_statuses(&layout).into_iter();
         Response::Members(ClusterInfo {
             down: down.filter(|peer| !peer.up).map(|peer| peer.id).collect(),
             members: layout.history.roster.clone(),

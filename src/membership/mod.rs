@@ -103,6 +103,14 @@ impl NodeLayout {
         all
     }
 
+    /// Roster indices replicating something in some layout in use, ascending.
+    pub fn active(&self) -> Vec<usize> {
+        let mut active: Vec<usize> = self.rings.iter().flat_map(|r| r.active().iter().copied()).collect();
+        active.sort_unstable();
+        active.dedup();
+        active
+    }
+
     /// Whether this node replicates something in some layout in use.
     pub fn is_member(&self) -> bool {
         self.me.is_some_and(|me| self.rings.iter().any(|r| r.is_active(me)))

@@ -34,9 +34,11 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let tick = Duration::from_millis(ctx.convergence.ping_interval_ms);
     let pusher = AntiEntropy::new(ctx.clone());
     let mut last_log = Instant::now();
-    // The layout epoch for which nothing was left to drop: nothing lands in a partition
-    // this node does not replicate until the layout changes again.
-    let mut nothing_to_drop_at = None;
+    // When nothing was left to drop, and for which layout epoch: then the store is scanned
+    // again only once the layout changes, or an anti-entropy interval later (a hint for
+    // an old owner can still land in a partition it dropped).
+    let rescan = Duration::from_millis(ctx.convergence.anti_entropy_interval_ms);
+    let mut nothing_to_drop: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -54,7 +56,7 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
             }
         }
         let epoch = ctx.layout().epoch;
-        if nothing_to_drop_at == Some(epoch) {
+        if nothing_to_drop.is_some_and(|(at, when)| at == epoch && when.elapsed() < rescan) {
             continue;
         }
         let lost = match lost_partitions(&ctx).await {
@@ -65,7 +67,7 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
             }
         };
         if lost.is_empty() && !ctx.layout().history.moving() {
-            nothing_to_drop_at = Some(epoch);
+            nothing_to_drop = Some((epoch, Instant::now()));
         }
         if let Some(&partition) = lost.first() {
             tokio::select! {

@@ -47,7 +47,7 @@ impl NodeCollector {
     }
 
     fn encode_peers(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let detector = self.ctx.detector.snapshot(self.ctx.layout().me);
+        let detector = self.ctx.peer_statuses(&self.ctx.layout());
         let help = "Whether the failure detector sees the peer answering pings (1) or not (0)";
         let mut up = encoder.encode_descriptor("peer_up", help, None, MetricType::Gauge)?;
         for peer in &detector {

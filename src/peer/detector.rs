@@ -103,7 +103,7 @@ impl FailureDetector {
     }
 }
 
-/// Pings every other node of the roster each `interval` through the first of `pools`
+/// Pings every other node of the layouts in use each `interval` through the first of `pools`
 /// until `shutdown`, and gossips the layout history on the way: a ping carries this
 /// node's history unless the peer last answered with the same digest, and a pong carries
 /// the peer's when it differs; each side merges what it receives. Nodes a layout change
@@ -138,7 +138,12 @@ pub async fn ping_loop(
             pool.add_destinations(roster.iter().map(Destination::of));
         }
         heard.resize(roster.len(), 0);
-        let peers = (0..roster.len()).filter(|&p| Some(p) != layout.me);
+        // A node no layout names yet pings nobody (the members would refuse it, and log
+        // that at every ping): it learns that it joined from their pings.
+        if layout.me.is_none() {
+            continue;
+        }
+        let peers = layout.active().into_iter().filter(|&p| Some(p) != layout.me);
         let pings = peers.map(|peer| {
             let pool = pool.clone();
             let request = PeerRequest::Ping {
