@@ -5,6 +5,8 @@
 //! - 1: failure, the message says why (no quorum, no node answered, a file that cannot
 //!   be read or written, a broken cluster.toml);
 //! - 2: `get`: the key does not exist (never written, or deleted);
+//! - 3: `cluster add|remove|replace|plan`: the cluster refuses the change (the message
+//!   says why); nothing changed;
 //! - 64 (`EX_USAGE` of sysexits.h, as Unix tools use it): the command line is wrong and
 //!   nothing was sent: an unknown or malformed argument (`--w abc`, non-UTF-8 input),
 //!   options that cannot work together (`--w 4` with n = 3), a key or value over the
@@ -21,9 +23,11 @@
 //! exiting the command waits for its remaining sends only for what is left of the
 //! request's timeout.
 
+mod cluster;
 mod exit;
 mod values;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::node::{Node, NodeParts};
 use crate::pki;
-pub use exit::{exit_code, parse_error, EXIT_CODES, EXIT_NOT_FOUND, EXIT_USAGE};
+use exit::UsageError;
+pub use exit::{exit_code, parse_error, EXIT_CODES, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE};
 use values::{write_value, ValueSource};
 
 /// quorumkv: a Dynamo-style leaderless key-value store.
@@ -54,9 +59,12 @@ enum Command {
     Up(ConfigArg),
     /// Run one node of the config.
     Node {
-        /// Id of the node to run, as listed in [[nodes]].
+        /// Id of the node to run, as listed in [[nodes]] (or a new one, with --addr).
         #[arg(long)]
         id: String,
+        /// Where it listens: needed the first time for a node [[nodes]] does not list.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
         #[command(flatten)]
         config: ConfigArg,
         /// Stop when stdin closes (`up` runs its nodes so, to stop them with it).
@@ -119,6 +127,8 @@ enum Command {
         #[arg(long)]
         partitions: bool,
     },
+    /// Membership: show the layouts and moves, plan and make changes.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -211,25 +221,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             json,
             partitions,
-        } => {
-            let config = load(&config.config)?;
-            let members = config.nodes.clone();
-            client_command(&config, None, |client| async move {
-                let report = crate::status::collect(&client, &members, partitions).await;
-                crate::status::print(&report, json)?;
-                Ok(if report.iter().all(|r| r.status.is_ok()) {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                })
-            })
-        }
+        } => cluster::status(&load(&config.config)?, json, partitions),
+        Command::Cluster(args) => cluster::run(args),
         Command::Node {
             id,
+            addr,
             config,
             stop_with_parent,
             refill,
-        } => run_node(&load(&config.config)?, &id, stop_with_parent, refill),
+        } => {
+            let config = match addr {
+                Some(addr) => load(&config.config)?.with_node_addr(&id, addr).map_err(UsageError)?,
+                None => load(&config.config)?,
+            };
+            run_node(&config, &id, stop_with_parent, refill)
+        }
         Command::Put {
             key,
             value,

@@ -154,7 +154,7 @@ fn age(now_micros: u64, then_micros: u64) -> String {
 }
 
 /// `bytes` in the largest binary unit that keeps it at least 1, e.g. "3.4 MiB".
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
