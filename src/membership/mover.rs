@@ -69,17 +69,27 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         if lost.is_empty() && !ctx.layout().history.moving() {
             nothing_to_drop = Some((epoch, Instant::now()));
         }
-        if let Some(&partition) = lost.first() {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                dropped = drop_partition(&ctx, &pusher, partition) => match dropped {
-                    Ok(keys) => tracing::info!(
-                        "partition {partition} handed off and dropped ({keys} keys); {} left to drop",
-                        lost.len() - 1
-                    ),
-                    Err(e) => tracing::info!("not dropping yet: {e}"),
-                },
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = drop_all(&ctx, &pusher, &lost) => {}
+        }
+    }
+}
+
+/// Hands off and drops `lost` one partition after the other (each paced by the
+/// anti-entropy budget); stops at the first that cannot go yet (a replica down), to try
+/// again at the next step.
+async fn drop_all(ctx: &Arc<NodeContext>, pusher: &AntiEntropy, lost: &[u32]) {
+    for (done, &partition) in lost.iter().enumerate() {
+        match drop_partition(ctx, pusher, partition).await {
+            Ok(keys) => tracing::info!(
+                "partition {partition} handed off and dropped ({keys} keys); {} left to drop",
+                lost.len() - done - 1
+            ),
+            Err(e) => {
+                tracing::info!("not dropping yet: {e}");
+                return;
             }
         }
     }
