@@ -228,6 +228,10 @@ impl Replica {
     /// served, since its sender knows more. A node that no layout it knows names serves
     /// nothing routed with that layout.
     fn check_epoch(&self, epoch: u64) -> Result<(), Box<Response>> {
+        let (current, member) = self.ctx.membership.epoch_now();
+        if epoch > current || (epoch == current && member) {
+            return Ok(());
+        }
         let layout = self.check_routing(epoch)?;
         // A sender with a newer layout knows better (this node may be about to learn that
         // it joined); with the same one, a node no layout names serves nothing.

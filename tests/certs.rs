@@ -122,6 +122,13 @@ async fn generated_certificates_run_a_cluster_and_refuse_strangers_saying_why() 
     let client = connect(&ClientConfig::new(addrs.clone(), app)).await;
     assert_eq!(client.get("colour").await.unwrap().unwrap().value, "blue");
 
+    // A node cluster.toml does not list, to join later with `quorumkv cluster add`.
+    let joining = certs(&config, &out, &["--node", "n4=127.0.0.1:7999"]);
+    assert!(out.join("n4").join("cert.pem").exists(), "{joining}");
+    assert!(joining.contains("n4") && joining.contains("127.0.0.1"), "{joining}");
+    let n4 = quorumkv::pki::identity(&out, "n4", false).expect("n4's node identity");
+    drop(n4);
+
     // Another run's CLI certificate: its ca.pem does not know the nodes, and the nodes'
     // does not know its certificate. The CLI says so, either way round.
     let foreign = dir.path().join("foreign");

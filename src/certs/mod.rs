@@ -57,6 +57,10 @@ pub struct CertsArgs {
     /// the certificate the CLI loads.
     #[arg(long = "client", value_name = "NAME")]
     clients: Vec<String>,
+    /// Also make the certificate of a node cluster.toml does not list, one joining the
+    /// cluster later (`quorumkv cluster add`): ID=ADDR, repeat for more.
+    #[arg(long = "node", value_name = "ID=ADDR", value_parser = parse_node)]
+    nodes: Vec<(String, std::net::SocketAddr)>,
     /// Days new node and client certificates stay valid (the CA: ten years).
     #[arg(long, default_value_t = DEFAULT_LEAF_DAYS,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(CA_DAYS)))]
@@ -162,7 +166,12 @@ pub enum LeafOutcome {
 
 /// Runs `quorumkv certs`.
 pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
-    let config = ClusterConfig::load(&args.config)?;
+    let mut config = ClusterConfig::load(&args.config)?;
+    for (id, addr) in &args.nodes {
+        config = config
+            .with_node_addr(id, *addr)
+            .map_err(|why| anyhow::anyhow!("--node {id}={addr}: {why}"))?;
+    }
     let issued = issue(&config, &args.out, &args.clients, args.days, OffsetDateTime::now_utc())?;
     print!("{}", report::render(&issued, &config));
     Ok(ExitCode::SUCCESS)
@@ -188,6 +197,7 @@ pub fn issue(
     let nodes = config
         .nodes
         .iter()
+        .chain(&config.joining)
         .map(|n| (n.id.as_str(), Role::Node, ip_name(n.addr.ip())));
     let clients = clients.iter().map(|c| (c.as_str(), Role::Client, None));
     for (name, role, ip) in nodes.chain(clients) {
@@ -232,6 +242,15 @@ fn write_leaf(ca: &ClusterCa, out: &Path, spec: &LeafSpec<'_>, now: UnixTime) ->
     Ok(LeafOutcome::Kept {
         refused: ca.check(&cert_path, now)?,
     })
+}
+
+/// `ID=ADDR` of `--node`.
+fn parse_node(text: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected ID=ADDR, e.g. n4=10.0.0.14:7001"))?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((id.to_string(), addr))
 }
 
 /// The client names to make, checked: each a valid name, none a member's id or the node

@@ -19,6 +19,7 @@ pub mod report;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use anyhow::Context;
@@ -160,6 +161,11 @@ pub struct Membership {
     id: String,
     /// The history now.
     current: RwLock<Arc<NodeLayout>>,
+    /// Its routing epoch, and whether it names this node as a replica of something: all
+    /// that every request checks, without taking the lock.
+    epoch: AtomicU64,
+    /// See `epoch`.
+    member: AtomicBool,
     /// Serialises changes, so that each is written before the next is made.
     writing: tokio::sync::Mutex<()>,
     /// Where the history is kept (none in a simulation: it lives as long as the node).
@@ -197,6 +203,8 @@ impl Membership {
         let layout = NodeLayout::new(history, id).context("the stored layout history is invalid")?;
         Ok(Membership {
             id: id.to_string(),
+            epoch: AtomicU64::new(layout.epoch),
+            member: AtomicBool::new(layout.is_member()),
             current: RwLock::new(Arc::new(layout)),
             writing: tokio::sync::Mutex::new(()),
             file,
@@ -209,6 +217,12 @@ impl Membership {
     /// The history now, with what is derived from it.
     pub fn get(&self) -> Arc<NodeLayout> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The routing epoch now, and whether the layouts in use make this node a replica of
+    /// something (two atomic loads: what every request checks).
+    pub fn epoch_now(&self) -> (u64, bool) {
+        (self.epoch.load(Ordering::Acquire), self.member.load(Ordering::Acquire))
     }
 
     /// This node's id.
@@ -264,10 +278,12 @@ impl Membership {
             return Ok(false);
         }
         let layout = Arc::new(NodeLayout::new(history, &self.id)?);
-        let before = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
-            layout.clone(),
-        );
+        let before = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            self.member.store(layout.is_member(), Ordering::Release);
+            self.epoch.store(layout.epoch, Ordering::Release);
+            std::mem::replace(&mut *current, layout.clone())
+        };
         if before.epoch != layout.epoch {
             tracing::info!(
                 "layout epoch {:x} -> {:x}: layouts {:?} in use, reads from {}",

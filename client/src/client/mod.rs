@@ -461,6 +461,13 @@ impl Client {
                     .map(|_| ())
             }
         });
+        let mut writes: Vec<_> = writes.collect();
+        // One layout in use (no move): the write itself, without joining.
+        if writes.len() == 1 {
+            if let Some(write) = writes.pop() {
+                return write.await;
+            }
+        }
         let results = futures_util::future::join_all(writes).await;
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
     }
