@@ -345,7 +345,7 @@ async fn replacing_a_dead_node_refills_its_partitions_from_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_stay_with_the_old_owners_until_the_new_ones_are_filled() {
+async fn during_a_move_reads_stay_with_the_old_owners_and_writes_need_both_layouts() {
     // Pulls at 20 keys/s: n4 takes many seconds to fill.
     let slow = format!("{FAST}\nanti_entropy_keys_per_sec = 20");
     let mut cluster = TestCluster::start(Shape::three().with(&slow)).await;
@@ -374,5 +374,29 @@ async fn reads_stay_with_the_old_owners_until_the_new_ones_are_filled() {
     }
     let status = client.move_status("n4").await.unwrap();
     assert!(!status.pulling.is_empty(), "the reads ran while n4 was still filling");
+
+    // Writes need a quorum in the new layout too: with n4 cut off, a write with w = 3
+    // fails for a key n4 now replicates, and succeeds for one it does not.
+    let history = client.layout();
+    assert!(history.moving());
+    let new = history.ring_of(history.newest()).unwrap();
+    let gains_n4 = |key: &String| new.replicas(new.partition_of(key.as_bytes())).contains(&n4);
+    let keys = all_keys();
+    let (to_n4, elsewhere) = (
+        keys.iter().find(|k| gains_n4(k)).unwrap(),
+        keys.iter().find(|k| !gains_n4(k)).unwrap(),
+    );
+    cluster.isolate(n4);
+    let all = WriteOptions {
+        w: Some(3),
+        ..WriteOptions::default()
+    };
+    let refused = client.put_with(to_n4.clone(), "x", &all).await.unwrap_err().to_string();
+    assert!(refused.contains("n4"), "{refused}");
+    client
+        .put_with(elsewhere.clone(), "x", &all)
+        .await
+        .expect("n4 is no replica of it");
+    cluster.heal();
     cluster.shutdown().await;
 }

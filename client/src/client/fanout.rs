@@ -371,65 +371,94 @@ impl Inner {
     /// what is left of the channel (the stragglers).
     pub(super) async fn collect<T>(
         &self,
-        mut answers: Answers,
+        answers: Answers,
         targets: &[usize],
         plan: QuorumPlan,
         hints: HintPolicy,
         judge: impl Fn(Response) -> Result<T, FailureReason>,
     ) -> Result<(Vec<(usize, T)>, Answers), ClientError> {
-        let mut tracker = QuorumTracker::new(targets.len(), plan.needed);
+        self.collect_sets(answers, &[targets], plan, hints, judge).await
+    }
+
+    /// [`collect`](Self::collect) for a request sent once to the union of several target
+    /// sets (a write during a move: the replicas in each layout in use), which needs
+    /// `plan.needed` successes within every set; a node in several sets counts in each.
+    pub(super) async fn collect_sets<T>(
+        &self,
+        mut answers: Answers,
+        sets: &[&[usize]],
+        plan: QuorumPlan,
+        hints: HintPolicy,
+        judge: impl Fn(Response) -> Result<T, FailureReason>,
+    ) -> Result<(Vec<(usize, T)>, Answers), ClientError> {
+        let mut trackers: Vec<QuorumTracker> = sets.iter().map(|s| QuorumTracker::new(s.len(), plan.needed)).collect();
         let mut results = Vec::with_capacity(plan.needed);
         let mut heard = vec![false; self.roster_len()];
-        // Nodes whose acknowledgement counted: a sloppy write's hint held by a node that
-        // also stored its own copy is the same copy, and must not count twice (the
-        // simulator found w = 2 writes held by one node, lost with its disk).
-        let mut counted = vec![false; self.roster_len()];
+        // Nodes whose acknowledgement counted, per set: a sloppy write's hint held by a
+        // node that also stored its own copy is the same copy, and must not count twice
+        // (the simulator found w = 2 writes held by one node, lost with its disk).
+        let mut counted = vec![vec![false; heard.len()]; sets.len()];
         let deadline = tokio::time::sleep(plan.timeout);
         tokio::pin!(deadline);
-        // Stop as soon as the quorum is reached; when it cannot be, still hear the others
-        // out (up to the deadline) so the error says how many did acknowledge.
-        while tracker.state() != QuorumState::Reached && tracker.outstanding() > 0 {
+        let reached = |trackers: &[QuorumTracker]| trackers.iter().all(|t| t.state() == QuorumState::Reached);
+        // Stop as soon as every quorum is reached; when one cannot be, still hear the
+        // others out (up to the deadline) so the error says how many did acknowledge.
+        while !reached(&trackers) && trackers.iter().any(|t| t.outstanding() > 0) {
             let (source, answer) = tokio::select! {
                 biased;
                 Some(a) = answers.next() => a,
                 _ = &mut deadline => break,
             };
-            let (node, counts) = match source {
-                Source::Replica(node) => (node, true),
-                Source::Hint { holder, .. } => (holder, hints.sloppy),
+            let (node, owner, counts) = match source {
+                Source::Replica(node) => (node, node, true),
+                Source::Hint { holder, owner } => (holder, owner, hints.sloppy),
             };
             let answer = self.screen(node, answer);
+            let in_sets = || (0..sets.len()).filter(move |&i| sets[i].contains(&owner));
             if let Source::Replica(node) = source {
                 heard[node] = true;
                 let failed = matches!(answer, Err(FailureReason::Timeout | FailureReason::Unreachable(_)));
                 if hints.enabled && hints.sloppy && failed {
-                    tracker.expect_one_more();
+                    in_sets().for_each(|i| trackers[i].expect_one_more());
                 }
             }
             if !counts {
                 continue;
             }
             match answer.and_then(&judge) {
-                Ok(_) if std::mem::replace(&mut counted[node], true) => tracker.same_node_again(),
                 Ok(value) => {
-                    results.push((node, value));
-                    tracker.ack();
+                    let mut new_copy = false;
+                    for i in in_sets() {
+                        if std::mem::replace(&mut counted[i][node], true) {
+                            trackers[i].same_node_again();
+                        } else {
+                            trackers[i].ack();
+                            new_copy = true;
+                        }
+                    }
+                    if new_copy {
+                        results.push((node, value));
+                    }
                 }
                 Err(reason) => {
-                    tracker.fail(self.failure(node, reason));
+                    let failure = self.failure(node, reason);
+                    for i in in_sets() {
+                        trackers[i].fail(failure.clone());
+                    }
                 }
             }
         }
-        if tracker.state() == QuorumState::Reached {
+        let Some(short) = (0..sets.len()).find(|&i| trackers[i].state() != QuorumState::Reached) else {
             return Ok((results, answers));
-        }
-        for &node in targets.iter().filter(|&&n| !heard[n]) {
+        };
+        let mut tracker = trackers.swap_remove(short);
+        for &node in sets[short].iter().filter(|&&n| !heard[n]) {
             tracker.fail(self.failure(node, FailureReason::Timeout));
         }
         Err(ClientError::Unavailable {
             needed: tracker.needed(),
             acked: tracker.acked(),
-            contacted: targets.len(),
+            contacted: sets[short].len(),
             failures: tracker.into_failures(),
         })
     }

@@ -425,8 +425,9 @@ impl Client {
         result.map(|_| version)
     }
 
-    /// One write of `record` to every layout of `routing` at once (the same version, so a
-    /// node in both stores it once and acknowledges both).
+    /// One write of `record` reaching a write quorum in every layout of `routing`: sent
+    /// once to each replica of any of them (a node in several counts in each), with the
+    /// newest layout's fallbacks for hints.
     async fn write_routed(
         &self,
         routing: &Routing,
@@ -435,41 +436,41 @@ impl Client {
         options: &WriteOptions,
         plan: QuorumPlan,
     ) -> Result<(), ClientError> {
-        let writes = routing.writes.iter().map(|ring| {
-            let request = Request::Put {
-                epoch: routing.epoch,
-                key: key.clone(),
-                record: record.clone(),
-            };
-            let targets = targets(ring, key, plan.n);
-            let fallbacks = fallbacks(ring, key, plan.n);
-            let hints = HintPolicy {
-                enabled: self.inner.cluster.hinted_handoff,
-                sloppy: options.sloppy,
-            };
-            let version = record.version;
-            async move {
-                // Every replica gets its copy, so the sends beyond `w` finish after we return.
-                let sends = same_to_all(&targets, &request, self.inner.nodes.request_ids());
-                let answers = self
-                    .inner
-                    .fan_out(sends, &fallbacks, request, plan.timeout, hints, true);
-                let judge = move |r| write_answer(r, version);
-                self.inner
-                    .collect(answers, &targets, plan, hints, judge)
-                    .await
-                    .map(|_| ())
-            }
-        });
-        let mut writes: Vec<_> = writes.collect();
-        // One layout in use (no move): the write itself, without joining.
-        if writes.len() == 1 {
-            if let Some(write) = writes.pop() {
-                return write.await;
+        let request = Request::Put {
+            epoch: routing.epoch,
+            key: key.clone(),
+            record: record.clone(),
+        };
+        let sets: Vec<Vec<usize>> = routing
+            .writes
+            .iter()
+            .rev()
+            .map(|ring| targets(ring, key, plan.n))
+            .collect();
+        let mut all: Vec<usize> = Vec::with_capacity(plan.n * sets.len());
+        for &node in sets.iter().flatten() {
+            if !all.contains(&node) {
+                all.push(node);
             }
         }
-        let results = futures_util::future::join_all(writes).await;
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+        let newest = routing.writes.last().unwrap_or(&routing.read);
+        let fallbacks = fallbacks(newest, key, plan.n);
+        let hints = HintPolicy {
+            enabled: self.inner.cluster.hinted_handoff,
+            sloppy: options.sloppy,
+        };
+        // Every replica gets its copy, so the sends beyond `w` finish after we return.
+        let sends = same_to_all(&all, &request, self.inner.nodes.request_ids());
+        let answers = self
+            .inner
+            .fan_out(sends, &fallbacks, request, plan.timeout, hints, true);
+        let version = record.version;
+        let judge = move |r| write_answer(r, version);
+        let sets: Vec<&[usize]> = sets.iter().map(Vec::as_slice).collect();
+        self.inner
+            .collect_sets(answers, &sets, plan, hints, judge)
+            .await
+            .map(|_| ())
     }
 
     fn next_version(&self) -> Result<Version, ClockExhausted> {
