@@ -14,27 +14,12 @@ the anti-entropy bytes one node sends per round while replicas agree.
     scripts/converge.py --keys 1000000 --wipe
 """
 import argparse
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_ports(count):
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from localcluster import ROOT, Cluster, free_ports, wait_for
 
 
 def write_config(path, ports, args):
@@ -49,47 +34,13 @@ hint_delivery_interval_ms = 200
 {nodes}""")
 
 
-class Cluster:
-    def __init__(self, binary, config):
-        self.binary, self.config, self.procs = binary, config, {}
-
-    def start(self, node):
-        log = open(os.path.join(os.path.dirname(self.config), f"{node}.log"), "a")
-        self.procs[node] = subprocess.Popen(
-            [self.binary, "node", "--id", node, "--config", self.config], stdout=log, stderr=log)
-
-    def stop(self, node):
-        proc = self.procs.pop(node)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-    def stop_all(self):
-        for node in list(self.procs):
-            self.stop(node)
-
-    def cli(self, *args):
-        out = subprocess.run([self.binary, *args, "--config", self.config], capture_output=True, text=True)
-        return out.stdout
-
-    def status(self):
-        lines = self.cli("status", "--json").splitlines()
-        return {s["id"]: s["status"] for s in map(json.loads, lines)}
-
-    def bench(self, *args):
-        return json.loads(self.cli("bench", "--json", *args))
+def node_status(summary):
+    """The node's own status inside what `status --json` reports for it."""
+    return summary.get("status", {}) if isinstance(summary, dict) else {}
 
 
-def wait_for(what, check, timeout=600, every=0.1):
-    start = time.time()
-    while time.time() - start < timeout:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    sys.exit(f"timed out waiting for {what}")
-
-
-def agreed_since(status, since_micros):
+def agreed_since(summary, since_micros):
+    status = node_status(summary)
     parts = status.get("partitions", [])
     return status.get("trees_ready") and parts and all(
         (r.get("last_agreed_micros") or 0) >= since_micros for p in parts for r in p["replicas"])
@@ -97,7 +48,7 @@ def agreed_since(status, since_micros):
 
 def totals(statuses):
     keys = ["records_pulled", "bytes_sent", "bytes_received", "rounds"]
-    return {k: sum(s.get("anti_entropy", {}).get(k, 0) for s in statuses.values()) for k in keys}
+    return {k: sum(node_status(s).get("anti_entropy", {}).get(k, 0) for s in statuses.values()) for k in keys}
 
 
 def main():
@@ -117,7 +68,7 @@ def main():
     try:
         for node in ["n1", "n2", "n3"]:
             cluster.start(node)
-        wait_for("3 nodes up", lambda: len([s for s in cluster.status().values() if "id" in s]) == 3)
+        wait_for("3 nodes up", lambda: len([s for s in cluster.status().values() if "keys" in s]) == 3)
         if args.wipe:
             load = cluster.bench("--workload", "load", "--keys", str(args.keys), "--w", "3")
             print(f"loaded {args.keys} keys on every node: {load['phases'][0]['ops_per_s']:.0f} writes/s")
@@ -136,17 +87,17 @@ def main():
         if args.foreground:
             during = cluster.bench("--workload", "c", "--keys", str(args.keys), "--duration", "10")
             print(f"reads while n3 is repaired: {during['phases'][0]['ops_per_s']:.0f} reads/s")
-        wait_for("n3 agrees with every replica", lambda: agreed_since(cluster.status().get("n3", {}), since))
+        wait_for("n3 agrees with every replica", lambda: agreed_since(cluster.status("--partitions").get("n3", {}), since))
         elapsed = time.time() - restarted
         after = totals(cluster.status())
         moved = {k: after[k] - before[k] for k in after}
         print(f"converged {args.keys} missed keys in {elapsed:.2f} s (hints {args.hints}, "
               f"interval {args.interval_ms} ms): anti-entropy moved {moved['records_pulled']} records, "
               f"{moved['bytes_sent'] / 1024:.0f} KiB sent")
-        start = cluster.status()["n1"]["anti_entropy"]
-        wait_for("5 rounds in agreement", lambda: cluster.status()["n1"]["anti_entropy"]["rounds"] >= start["rounds"] + 5,
+        start = node_status(cluster.status()["n1"])["anti_entropy"]
+        wait_for("5 rounds in agreement", lambda: node_status(cluster.status()["n1"])["anti_entropy"]["rounds"] >= start["rounds"] + 5,
                  every=0.5)
-        end = cluster.status()["n1"]["anti_entropy"]
+        end = node_status(cluster.status()["n1"])["anti_entropy"]
         rounds = end["rounds"] - start["rounds"]
         print(f"in agreement: n1 sent {(end['bytes_sent'] - start['bytes_sent']) / rounds:.0f} bytes per round "
               f"({rounds} rounds), {end['records_pulled'] - start['records_pulled']} records")

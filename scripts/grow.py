@@ -14,25 +14,11 @@ took, and the throughput and p99 of reads and writes before and during the move.
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_ports(count):
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from localcluster import ROOT, Cluster, free_ports, wait_for
 
 
 def write_config(path, ports):
@@ -41,47 +27,9 @@ def write_config(path, ports):
         f.write(f'data_dir = "data"\n{nodes}')
 
 
-class Cluster:
-    def __init__(self, binary, config):
-        self.binary, self.config, self.procs = binary, config, {}
-
-    def start(self, node, *extra):
-        log = open(os.path.join(os.path.dirname(self.config), f"{node}.log"), "a")
-        self.procs[node] = subprocess.Popen(
-            [self.binary, "node", "--id", node, "--config", self.config, *extra], stdout=log, stderr=log)
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            proc.wait(timeout=60)
-
-    def cli(self, *args, check=True):
-        out = subprocess.run([self.binary, *args, "--config", self.config], capture_output=True, text=True)
-        if check and out.returncode != 0:
-            sys.exit(f"quorumkv {' '.join(args)} failed: {out.stderr}")
-        return out.stdout
-
-    def status(self):
-        lines = self.cli("status", "--json", check=False).splitlines()
-        return {s["id"]: s["status"] for s in map(json.loads, lines)}
-
-    def show(self):
-        out = self.cli("cluster", "show", "--json", check=False)
-        return json.loads(out) if out.strip() else {}
-
-    def bench(self, *args):
-        return json.loads(self.cli("bench", "--json", *args))
-
-
-def wait_for(what, check, timeout=900, every=0.2):
-    start = time.time()
-    while time.time() - start < timeout:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    sys.exit(f"timed out waiting for {what}")
+def show(cluster):
+    out = cluster.cli("cluster", "show", "--json")
+    return json.loads(out) if out.strip() else {}
 
 
 def phase_figures(report):
@@ -106,7 +54,7 @@ class StageWatch(threading.Thread):
     def run(self):
         start = time.time()
         while not self.done.is_set():
-            stage = self.cluster.show().get("stage")
+            stage = show(self.cluster).get("stage")
             if stage and stage not in self.seen:
                 self.seen[stage] = round(time.time() - start, 1)
                 print(f"  {self.seen[stage]:7.1f} s  {stage}", flush=True)
@@ -148,7 +96,7 @@ def main():
 
         cluster.start("n4", "--addr", f"127.0.0.1:{ports[3]}")
         wait_for("n4 up", lambda: os.path.exists(os.path.join(work, "data", "n4")))
-        print(cluster.cli("cluster", "add", "n4", f"127.0.0.1:{ports[3]}"), flush=True)
+        print(cluster.cli("cluster", "add", "n4", f"127.0.0.1:{ports[3]}", check=True), flush=True)
         watch = StageWatch(cluster)
         watch.start()
         during = []

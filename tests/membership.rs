@@ -96,6 +96,19 @@ impl Workload {
     }
 }
 
+/// A cluster of `nodes` (three replicas) with fast convergence, `PRELOADED` keys written,
+/// and a client.
+async fn preloaded(nodes: usize) -> (TestCluster, Client) {
+    let shape = Shape {
+        nodes,
+        ..Shape::three()
+    };
+    let cluster = TestCluster::start(shape.with(FAST)).await;
+    let client = cluster.client().await;
+    preload(&client).await;
+    (cluster, client)
+}
+
 /// Preloads `PRELOADED` keys with every replica acknowledging.
 async fn preload(client: &Client) {
     let all = WriteOptions {
@@ -187,9 +200,7 @@ fn all_keys() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_from_three_to_four_moves_a_share_and_loses_nothing() {
-    let mut cluster = TestCluster::start(Shape::three().with(FAST)).await;
-    let client = cluster.client().await;
-    preload(&client).await;
+    let (mut cluster, client) = preloaded(3).await;
     let n4 = cluster.start_joining().await;
     let refused = cluster
         .ask(
@@ -250,13 +261,7 @@ async fn growing_from_three_to_four_moves_a_share_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_four_to_five_then_shrinking_back_survives_restarts_of_the_coordinator_and_a_new_node() {
-    let shape = Shape {
-        nodes: 4,
-        ..Shape::three()
-    };
-    let mut cluster = TestCluster::start(shape.with(FAST)).await;
-    let client = cluster.client().await;
-    preload(&client).await;
+    let (mut cluster, client) = preloaded(4).await;
     let n5 = cluster.start_joining().await;
     let workload = Workload::start(&cluster).await;
     workload.run_ops(50).await;
@@ -301,13 +306,7 @@ async fn growing_four_to_five_then_shrinking_back_survives_restarts_of_the_coord
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_dead_node_refills_its_partitions_from_the_others() {
-    let shape = Shape {
-        nodes: 4,
-        ..Shape::three()
-    };
-    let mut cluster = TestCluster::start(shape.with(FAST)).await;
-    let client = cluster.client().await;
-    preload(&client).await;
+    let (mut cluster, client) = preloaded(4).await;
     // n3 dies with its disk.
     cluster.stop(2).await;
     cluster.wipe(2);

@@ -48,13 +48,7 @@ pub struct NodeLayout {
 
 impl NodeLayout {
     fn new(history: LayoutHistory, id: &str) -> Result<NodeLayout, LayoutError> {
-        history.validate()?;
-        let read = history.ring_of(history.read_layout())?;
-        let rings = history
-            .layouts
-            .iter()
-            .map(|l| history.ring_of(l))
-            .collect::<Result<Vec<Ring>, _>>()?;
+        let (read, rings) = history.rings()?;
         Ok(NodeLayout {
             epoch: history.epoch(),
             digest: history.digest(),

@@ -26,13 +26,7 @@ pub struct Routing {
 impl Routing {
     /// The routing of a checked `history`.
     pub fn new(history: LayoutHistory) -> Result<Routing, LayoutError> {
-        history.validate()?;
-        let read = history.ring_of(history.read_layout())?;
-        let writes = history
-            .layouts
-            .iter()
-            .map(|layout| history.ring_of(layout))
-            .collect::<Result<Vec<Ring>, _>>()?;
+        let (read, writes) = history.rings()?;
         Ok(Routing {
             epoch: history.epoch(),
             history,

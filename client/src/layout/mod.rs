@@ -149,6 +149,19 @@ impl LayoutHistory {
         Ring::from_owners(&self.roster_ids(), layout.owners.clone(), self.replication_factor)
     }
 
+    /// Checks the history ([`validate`](Self::validate)) and builds its rings: the read
+    /// layout's, and every layout's in use, oldest first.
+    pub fn rings(&self) -> Result<(Ring, Vec<Ring>), LayoutError> {
+        self.validate()?;
+        let read = self.ring_of(self.read_layout())?;
+        let all = self
+            .layouts
+            .iter()
+            .map(|layout| self.ring_of(layout))
+            .collect::<Result<Vec<Ring>, _>>()?;
+        Ok((read, all))
+    }
+
     /// Roster indices owning a slot in the newest layout: whose progress counts.
     pub fn members(&self) -> Vec<usize> {
         let mut members: Vec<usize> = self.newest().owners.iter().map(|&o| usize::from(o)).collect();

@@ -12,21 +12,7 @@ const MAX_DEVIATION: f64 = 0.25;
 /// The same bound after one leave from a ring built by [`Ring::new`] (measured 7.4%).
 const SINGLE_LEAVE_DEVIATION: f64 = 0.12;
 
-fn names(count: usize, scheme: fn(usize) -> String) -> Vec<String> {
-    (1..=count).map(scheme).collect()
-}
-
-fn short(i: usize) -> String {
-    format!("n{i}")
-}
-
-fn host(i: usize) -> String {
-    format!("db-host-{i}.example")
-}
-
-fn ring(members: &[String], partitions: u32, rf: usize) -> Ring {
-    Ring::new(members, partitions, rf).unwrap()
-}
+use super::tests::{host, names, ring, short};
 
 /// Worst relative deviation of an active member's replica count from the fair share.
 fn worst_deviation(ring: &Ring) -> f64 {

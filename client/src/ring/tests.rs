@@ -5,19 +5,19 @@
 
 use super::{key_hash, partition_of_hash, Ring, RingError};
 
-fn names(count: usize, scheme: fn(usize) -> String) -> Vec<String> {
+pub(super) fn names(count: usize, scheme: fn(usize) -> String) -> Vec<String> {
     (1..=count).map(scheme).collect()
 }
 
-fn short(i: usize) -> String {
+pub(super) fn short(i: usize) -> String {
     format!("n{i}")
 }
 
-fn host(i: usize) -> String {
+pub(super) fn host(i: usize) -> String {
     format!("db-host-{i}.example")
 }
 
-fn ring(members: &[String], partitions: u32, rf: usize) -> Ring {
+pub(super) fn ring(members: &[String], partitions: u32, rf: usize) -> Ring {
     Ring::new(members, partitions, rf).unwrap()
 }
 
