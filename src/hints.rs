@@ -35,11 +35,16 @@ pub async fn delivery_loop(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         // In owner order, not the map's (which differs per process): a seed replays.
         let mut held: Vec<(String, u64)> = ctx.storage.hint_counts().into_iter().collect();
         held.sort();
+        let layout = ctx.layout();
+        let active = layout.active();
         for (owner, count) in held {
-            let Some(index) = ctx.member_index(&owner) else {
+            let Some(index) = layout.index_of(&owner) else {
                 continue;
             };
-            if count == 0 || !ctx.detector.is_up(index) {
+            // A node the layouts in use no longer name is not pinged: its detector state
+            // is stale, and a delivery to it would only wait out its timeout. What it
+            // missed reached its partitions' new owners by the move.
+            if count == 0 || !active.contains(&index) || !ctx.detector.is_up(index) {
                 continue;
             }
             match deliver(&ctx, &owner, index).await {

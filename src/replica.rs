@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use quorumkv_client::layout::PartitionKeys;
+use quorumkv_client::layout::{Change, PartitionKeys};
+use quorumkv_client::transport::Destination;
 use quorumkv_client::wire::{
     ClusterInfo, ErrorKind, ErrorReply, HeldVersion, Record, Request, Response, MAX_COUNTED_PARTITIONS,
 };
@@ -25,9 +26,13 @@ use crate::config::ClusterConfig;
 use crate::context::NodeContext;
 use crate::membership::{report, NodeLayout};
 use crate::metrics::{Op, RequestMetrics};
+use crate::peer::{PeerRequest, PeerResponse};
 use crate::refill::{read_through, ReadThroughError};
 use crate::server::{AnswerSize, Handler, Reply};
 use crate::storage::{Applied, HintStored, StorageError};
+
+/// Longest wait for a joining node's answer before a change that adds it is made.
+const NEWCOMER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers client requests from this node's storage.
 pub struct Replica {
@@ -77,10 +82,7 @@ impl Replica {
             Request::Status => Ok(Response::Status(self.ctx.status())),
             Request::StatusSummary { partitions } => self.summary(partitions).await,
             Request::Layout => Ok(Response::Layout(Box::new(self.ctx.layout().history.clone()))),
-            Request::ChangeLayout(change) => match self.ctx.membership.change(&change).await {
-                Ok(history) => Ok(Response::Layout(Box::new(history))),
-                Err(e) => Err(reply(ErrorKind::LayoutRefused, e.to_string())),
-            },
+            Request::ChangeLayout(change) => self.change_layout(change).await,
             Request::MoveStatus => report::move_status(&self.ctx)
                 .await
                 .map(Response::MoveStatus)
@@ -88,6 +90,39 @@ impl Replica {
             Request::PartitionKeys { partitions } => self.partition_keys(partitions).await,
         };
         result.unwrap_or_else(|refusal| refusal)
+    }
+
+    /// Makes a membership change, after checking it and, for a node that joins, that it
+    /// answers: a move waits for every member of the new layout, so a mistyped address
+    /// would stall it.
+    async fn change_layout(&self, change: Change) -> Result<Response, Response> {
+        let refused = |why: String| reply(ErrorKind::LayoutRefused, why);
+        self.ctx
+            .layout()
+            .history
+            .change(&change)
+            .map_err(|e| refused(e.to_string()))?;
+        if let Change::Add { id, addr } | Change::Replace { new: id, addr, .. } = &change {
+            let destination = Destination {
+                addr: *addr,
+                server_name: id.clone(),
+            };
+            let ping = PeerRequest::Ping {
+                digest: 0,
+                layout: None,
+            };
+            match self.ctx.peers.call_once(&destination, ping, NEWCOMER_TIMEOUT).await {
+                Ok(PeerResponse::Pong { .. }) => {}
+                Ok(other) => return Err(refused(format!("{id} at {addr} answered {other:?} to a ping"))),
+                Err(e) => return Err(refused(format!(
+                    "{id} at {addr} does not answer ({e}): start it first with `quorumkv node --id {id} --addr {addr}`"
+                ))),
+            }
+        }
+        match self.ctx.membership.change(&change).await {
+            Ok(history) => Ok(Response::Layout(Box::new(history))),
+            Err(e) => Err(refused(e.to_string())),
+        }
     }
 
     /// Keys held in each of `partitions`.

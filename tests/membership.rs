@@ -399,3 +399,19 @@ async fn during_a_move_reads_stay_with_the_old_owners_and_writes_need_both_layou
     cluster.heal();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_that_does_not_answer_is_refused() {
+    let cluster = TestCluster::start(Shape::three().with(FAST)).await;
+    let client = cluster.client().await;
+    let nobody = common::free_addrs(1)[0];
+    let added = Change::Add {
+        id: "n4".into(),
+        addr: nobody,
+    };
+    let refused = client.change_layout("n1", added).await.unwrap_err().to_string();
+    assert!(refused.contains("does not answer"), "{refused}");
+    let history = client.fetch_layout("n1").await.unwrap();
+    assert!(!history.moving() && history.newest().version == 1, "nothing changed");
+    cluster.shutdown().await;
+}

@@ -692,6 +692,31 @@ impl<Q: Serialize + FrameSizeHint, A: DeserializeOwned + Send + 'static> Connect
         result
     }
 
+    /// Dials `destination`, which need not be one of the pool's, on a connection of its
+    /// own, sends `request` and closes the connection once answered: to ask a node the
+    /// pool does not know yet. Gives up after `timeout`, dial included.
+    pub async fn call_once(
+        &self,
+        destination: &Destination,
+        request: Q,
+        timeout: Duration,
+    ) -> Result<A, TransportError> {
+        let attempt = async {
+            let (traffic, ids) = (self.traffic.clone(), self.ids.clone());
+            let conn = dial(&self.endpoint, &self.tls, destination, self.max_frame, traffic, ids).await?;
+            let answer = conn.call(request).await;
+            conn.connection().close(0u32.into(), b"done");
+            answer
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TransportError::Lost(format!(
+                "{}: no answer within {timeout:?}",
+                destination.addr
+            ))),
+        }
+    }
+
     /// Drops the cached connection to destination `index`, if any, so the next call dials
     /// afresh. For a destination that stopped answering: a process restarted on the same
     /// address never answers the old connection, which would otherwise linger until its
