@@ -90,13 +90,28 @@ impl Refill {
     /// A sync of `partitions` with `peer` completed: this node now holds everything the
     /// peer held in them when the sync began.
     pub fn synced(&self, partitions: &[u32], peer: usize) {
+        self.settle(|pending| {
+            for &partition in partitions {
+                pending.remove(&(partition, peer));
+            }
+        });
+    }
+
+    /// Forgets the pairs whose peer no longer shares the partition with this node (the
+    /// layout changed; a node that lost its layout file with its disk starts from
+    /// cluster.toml's and learns the cluster's from its peers): no sync with them will
+    /// come, and what this node gains by the change it pulls as a move's new owner.
+    pub fn keep_shared(&self, shares: impl Fn(u32, usize) -> bool) {
+        self.settle(|pending| pending.retain(|&(partition, peer)| shares(partition, peer)));
+    }
+
+    /// Applies `done` to the pending pairs while refilling; says so once none is left.
+    fn settle(&self, done: impl FnOnce(&mut BTreeSet<(u32, usize)>)) {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
         let mut pending = self.lock();
-        for &partition in partitions {
-            pending.remove(&(partition, peer));
-        }
+        done(&mut pending);
         if pending.is_empty() {
             self.active.store(false, Ordering::Release);
             tracing::info!("refilled: every partition synced with every other replica; reads are served locally");
@@ -206,5 +221,16 @@ mod tests {
         let refill = Refill::new(false, &ring(), Some(0));
         assert!((0..16).all(|p| !refill.is_refilling(p)));
         assert!(!refill.awaits(1));
+    }
+
+    #[test]
+    fn pairs_a_new_layout_no_longer_shares_stop_holding_the_refill() {
+        let ring = ring();
+        let refill = Refill::new(true, &ring, Some(0));
+        refill.keep_shared(|_, peer| peer != 1);
+        assert!(!refill.awaits(1), "nothing is awaited from n2 any more");
+        assert!(refill.any(), "the other pairs still refill");
+        refill.keep_shared(|_, _| false);
+        assert!(!refill.any());
     }
 }

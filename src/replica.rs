@@ -114,9 +114,11 @@ impl Replica {
             match self.ctx.peers.call_once(&destination, ping, NEWCOMER_TIMEOUT).await {
                 Ok(PeerResponse::Pong { .. }) => {}
                 Ok(other) => return Err(refused(format!("{id} at {addr} answered {other:?} to a ping"))),
-                Err(e) => return Err(refused(format!(
+                Err(e) => {
+                    return Err(refused(format!(
                     "{id} at {addr} does not answer ({e}): start it first with `quorumkv node --id {id} --addr {addr}`"
-                ))),
+                )))
+                }
             }
         }
         match self.ctx.membership.change(&change).await {

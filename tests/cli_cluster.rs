@@ -41,14 +41,24 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `quorumkv node` for a node cluster.toml does not list; SIGKILLed when dropped.
+/// A `quorumkv node` process for a node cluster.toml does not list; SIGKILLed when dropped.
 struct Joiner(Child);
 
 impl Joiner {
     fn start(config: &Path, id: &str, addr: &str) -> Joiner {
-        let log = std::fs::File::create(config.with_file_name(format!("{id}.log"))).unwrap();
+        Joiner::run(config, &["node", "--id", id, "--addr", addr])
+    }
+
+    /// `quorumkv node args --config config`, logging to `<id>.log` beside the config.
+    fn run(config: &Path, args: &[&str]) -> Joiner {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_file_name("joiner.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_quorumkv"))
-            .args(["node", "--id", id, "--addr", addr, "--config", config.to_str().unwrap()])
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -62,6 +72,19 @@ impl Drop for Joiner {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `cluster add id addr` once the new node's process answers (until then the change is
+/// refused: the node does not answer).
+async fn add_once_up(config: &Path, id: &str, addr: &str) -> Output {
+    wait_until("the new node answers and is added", Duration::from_secs(30), || async {
+        let out = cli(config, &["cluster", "add", id, addr]).await;
+        match out.status.success() {
+            true => Ok(out),
+            false => Err(text(&out.stderr)),
+        }
+    })
+    .await
 }
 
 /// `cluster show --json`, parsed.
@@ -118,9 +141,8 @@ async fn a_node_joins_through_the_cluster_commands() {
     }
 
     let _n4 = Joiner::start(&config, "n4", &addr);
-    let added = cli(&config, &["cluster", "add", "n4", &addr]).await;
+    let added = add_once_up(&config, "n4", &addr).await;
     let said = text(&added.stdout);
-    assert!(added.status.success(), "{said}{}", text(&added.stderr));
     assert!(said.contains("layout 2 made through n1: add n4"), "{said}");
     assert!(said.contains("quorumkv cluster show"), "{said}");
 
@@ -184,4 +206,46 @@ fn node_addr_mistakes_are_usage_errors() {
         "{}",
         text(&unlisted.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_killed_while_it_pulls_resumes_without_addr() {
+    // Pulls at 50 keys/s: n4 is still filling when it is killed.
+    let slow = format!("{FAST}\nanti_entropy_keys_per_sec = 50");
+    let cluster = TestCluster::start(Shape::three().with(&slow)).await;
+    let config = cluster.config_path.clone();
+    let client = cluster.client().await;
+    let all = WriteOptions {
+        w: Some(3),
+        ..WriteOptions::default()
+    };
+    let keys = 300;
+    for i in 0..keys {
+        client.put_with(format!("k{i}"), format!("v{i}"), &all).await.unwrap();
+    }
+    let addr = free_addrs(1)[0].to_string();
+    let n4 = Joiner::start(&config, "n4", &addr);
+    add_once_up(&config, "n4", &addr).await;
+    wait_until("n4 pulls", Duration::from_secs(60), || async {
+        let report = show(&config).await;
+        (report["stage"] == "pulling").then_some(()).ok_or(format!("{report}"))
+    })
+    .await;
+    drop(n4); // SIGKILL, in the middle of its pulls
+    let _n4 = Joiner::run(&config, &["node", "--id", "n4"]);
+    wait_until("the move is done", Duration::from_secs(120), || async {
+        let report = show(&config).await;
+        (report["stage"] == "done").then_some(()).ok_or(format!("{report}"))
+    })
+    .await;
+    let every = quorumkv_client::ReadOptions {
+        r: Some(3),
+        ..Default::default()
+    };
+    let client = cluster.client().await;
+    for i in 0..keys {
+        let found = client.get_with(format!("k{i}"), &every).await.unwrap();
+        assert_eq!(found.map(|v| v.value), Some(format!("v{i}").into()), "k{i}");
+    }
+    cluster.shutdown().await;
 }

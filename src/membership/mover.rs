@@ -100,6 +100,14 @@ async fn step(ctx: &NodeContext) -> anyhow::Result<()> {
     let membership = &ctx.membership;
     let layout = membership.get();
     let Some(me) = layout.me else { return Ok(()) };
+    if ctx.refill.any() {
+        let shared: Vec<Vec<usize>> = (0..layout.read.partitions()).map(|p| layout.replicas(p)).collect();
+        ctx.refill.keep_shared(|partition, peer| {
+            shared
+                .get(partition as usize)
+                .is_some_and(|r| r.contains(&me) && r.contains(&peer))
+        });
+    }
     let history = &layout.history;
     let version = history.newest().version;
     let mine = layout.my_progress(membership.id());
