@@ -415,3 +415,57 @@ async fn adding_a_node_that_does_not_answer_is_refused() {
     assert!(!history.moving() && history.newest().version == 1, "nothing changed");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dead_in_a_move_is_skipped_then_replaced() {
+    let (mut cluster, client) = preloaded(4).await;
+    // n3 dies for good; then n5 is added: the move waits for n3's acknowledgement.
+    cluster.stop(2).await;
+    let n5 = cluster.start_joining().await;
+    let added = Change::Add {
+        id: cluster.id(n5),
+        addr: cluster.member(n5).addr,
+    };
+    client.change_layout("n1", added).await.expect("n5 is added");
+    let alive: Vec<String> = [0, 1, 3, 4].iter().map(|&i| cluster.id(i)).collect();
+    wait_until("every live member acks", MOVE_DEADLINE, || async {
+        let history = client.fetch_layout("n1").await.map_err(|e| e.to_string())?;
+        let acked = |id: &String| history.progress.get(id).is_some_and(|p| p.ack == 2);
+        match alive.iter().all(acked) {
+            true => Ok(history),
+            false => Err(format!("{:?}", history.progress)),
+        }
+    })
+    .await;
+    assert!(
+        client.fetch_layout("n1").await.unwrap().moving(),
+        "the move waits for n3"
+    );
+
+    let history = client
+        .change_layout("n2", Change::Skip { id: "n3".into() })
+        .await
+        .expect("n3 is skipped");
+    assert_eq!(history.newest().gone, vec!["n3".to_string()]);
+    move_done(&client, &alive, 2).await;
+
+    let n6 = cluster.start_joining().await;
+    let replaced = Change::Replace {
+        old: "n3".into(),
+        new: cluster.id(n6),
+        addr: cluster.member(n6).addr,
+    };
+    client.change_layout("n1", replaced).await.expect("n3 is replaced");
+    let ids: Vec<String> = [0, 1, 3, 4, 5].iter().map(|&i| cluster.id(i)).collect();
+    move_done(&client, &ids, 3).await;
+    let all = ReadOptions {
+        r: Some(3),
+        ..ReadOptions::default()
+    };
+    for key in all_keys() {
+        assert!(client.get_with(key.clone(), &all).await.unwrap().is_some(), "{key}");
+    }
+    let history = client.fetch_layout("n1").await.unwrap();
+    placed_exactly(&client, &history, &ids, &all_keys()).await;
+    cluster.shutdown().await;
+}

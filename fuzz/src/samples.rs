@@ -81,6 +81,7 @@ pub fn client_requests() -> Vec<(&'static str, Frame<Request>)> {
                 gone: true,
             }),
         ),
+        ("v2_skip", Request::ChangeLayout(Change::Skip { id: "n3".into() })),
         ("v2_move_status", Request::MoveStatus),
         (
             "v2_partition_keys",

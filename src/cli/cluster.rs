@@ -83,6 +83,13 @@ enum ChangeArgs {
         /// Where the new node listens.
         addr: SocketAddr,
     },
+    /// The move under way stops waiting for node ID, which died in it: its data is
+    /// presumed lost and its part taken as done. Replace or remove it once the move is over.
+    #[command(after_help = EXIT_CODES)]
+    Skip {
+        /// The dead node.
+        id: String,
+    },
 }
 
 impl ChangeArgs {
@@ -101,6 +108,7 @@ impl ChangeArgs {
                 new: new.clone(),
                 addr: *addr,
             },
+            ChangeArgs::Skip { id } => Change::Skip { id: id.clone() },
         }
     }
 }
@@ -182,6 +190,7 @@ fn describe(change: &Change) -> String {
         Change::Remove { id, gone: false } => format!("remove {id}"),
         Change::Remove { id, gone: true } => format!("remove {id} (gone: its data is not pulled)"),
         Change::Replace { old, new, addr } => format!("replace {old} by {new} at {addr}"),
+        Change::Skip { id } => format!("stop waiting for {id} (gone: its data is not pulled)"),
     }
 }
 

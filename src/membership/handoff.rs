@@ -1,7 +1,8 @@
 //! Dropping the partitions a node no longer replicates, once the old layout retired.
 //!
 //! A partition is dropped only when one layout is in use and it does not make this node a
-//! replica of it. First it is handed off: compared with each of its replicas and every
+//! replica of it. First it is handed off: compared with each of its replicas (but those
+//! marked gone) and every
 //! record this node holds newer pushed to them (a write this node took just before it
 //! learned the new layout is not lost that way). Then its keys are removed locally, a page
 //! at a time and paced by the anti-entropy budget, each only if it still holds the version
@@ -66,7 +67,15 @@ pub async fn lost_partitions(ctx: &NodeContext) -> Result<Vec<u32>, StorageError
 /// removed.
 pub async fn drop_partition(ctx: &Arc<NodeContext>, pusher: &AntiEntropy, partition: u32) -> Result<u64, DropError> {
     let layout = ctx.layout();
-    let replicas = layout.newest().replicas(partition).to_vec();
+    // Replicas marked gone (a `cluster skip`) are presumed lost: not waited for.
+    let gone = &layout.history.newest().gone;
+    let replicas: Vec<usize> = layout
+        .newest()
+        .replicas(partition)
+        .iter()
+        .copied()
+        .filter(|&r| !gone.iter().any(|g| g == layout.id(r)))
+        .collect();
     if let Some(&down) = replicas.iter().find(|&&r| !ctx.detector.is_up(r)) {
         return Err(DropError::ReplicaDown {
             partition,

@@ -333,6 +333,14 @@ impl Membership {
         out
     }
 
+    /// Stops waiting for pulls from `sources` (nodes a `cluster skip` marked gone);
+    /// returns how many pulls are left.
+    pub fn forget_sources(&self, sources: &[usize]) -> usize {
+        let mut pulls = self.pulls();
+        pulls.pending.retain(|(_, source)| !sources.contains(source));
+        pulls.pending.len()
+    }
+
     /// The generation a sync starting now belongs to.
     pub fn pull_generation(&self) -> u64 {
         self.pulls().generation

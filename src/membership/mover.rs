@@ -122,8 +122,14 @@ async fn step(ctx: &NodeContext) -> anyhow::Result<()> {
         return Ok(());
     }
     if history.all_acked() && mine.sync < version {
+        let gone: Vec<usize> = history
+            .newest()
+            .gone
+            .iter()
+            .filter_map(|g| history.index_of(g))
+            .collect();
         let left = match membership.pulls_left() {
-            Some((pulling, left, _)) if pulling == version => left,
+            Some((pulling, _, _)) if pulling == version => membership.forget_sources(&gone),
             _ => {
                 let pulls = history.pulls_for(me)?;
                 let partitions = pulls.iter().map(|p| p.0).collect::<std::collections::BTreeSet<_>>();

@@ -36,6 +36,13 @@ pub enum Change {
         /// Where the new node listens.
         addr: SocketAddr,
     },
+    /// The move under way stops waiting for a node that died in it: the node's data is
+    /// presumed lost (nobody pulls from it) and its progress is taken as done. Replace or
+    /// remove it once the move is over.
+    Skip {
+        /// The dead node.
+        id: String,
+    },
 }
 
 /// Why a layout change or a received history was refused.
@@ -44,6 +51,9 @@ pub enum LayoutError {
     /// The slot assignment is not a valid ring.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// `cluster skip` with no move under way.
+    #[error("no move is under way: nothing waits for {0:?}")]
+    NothingToSkip(String),
     /// The previous change is still moving data.
     #[error("a move from layout {from} to {to} is under way: wait until `quorumkv cluster show` says it is done")]
     MoveUnderWay {
@@ -109,6 +119,9 @@ impl LayoutHistory {
     /// is (or is not) a member as the change needs, and for a removal that would leave
     /// fewer nodes than `replication_factor`.
     pub fn change(&self, change: &Change) -> Result<LayoutHistory, LayoutError> {
+        if let Change::Skip { id } = change {
+            return self.skip(id);
+        }
         if self.moving() {
             return Err(LayoutError::MoveUnderWay {
                 from: self.layouts[0].version,
@@ -122,6 +135,7 @@ impl LayoutHistory {
         let ring = self.ring_of(current)?;
         let mut roster = self.roster.clone();
         let (owners, gone) = match change {
+            Change::Skip { id } => return self.skip(id),
             Change::Add { id, addr } => {
                 let joiner = self.newcomer(&mut roster, &ring, id, *addr)?;
                 let widened = Ring::from_owners(&ids(&roster), current.owners.clone(), self.replication_factor)?;
@@ -153,6 +167,29 @@ impl LayoutHistory {
             gone,
         });
         next.validate()?;
+        Ok(next)
+    }
+
+    /// The history with `id` marked gone in the newest layout and its progress done: the
+    /// move under way stops waiting for it.
+    fn skip(&self, id: &str) -> Result<LayoutHistory, LayoutError> {
+        if !self.moving() {
+            return Err(LayoutError::NothingToSkip(id.into()));
+        }
+        let index = self.index_of(id).ok_or_else(|| LayoutError::NotAMember(id.into()))?;
+        let in_use = self.layouts.iter().any(|l| l.owners.contains(&(index as u16)));
+        if !in_use {
+            return Err(LayoutError::NotAMember(id.into()));
+        }
+        let mut next = self.clone();
+        let version = next.newest().version;
+        if let Some(newest) = next.layouts.last_mut() {
+            if !newest.gone.iter().any(|g| g == id) {
+                newest.gone.push(id.into());
+                newest.gone.sort();
+            }
+        }
+        next.advance(id, super::Progress::done(version));
         Ok(next)
     }
 

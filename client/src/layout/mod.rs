@@ -261,9 +261,18 @@ impl LayoutHistory {
         let take_theirs = match theirs.version.cmp(&mine.version) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => {
-                (other.roster != self.roster || theirs != mine) && other.layout_digest() > self.layout_digest()
+            // The same layout, but one side marked more nodes gone (`cluster skip`):
+            // both marks hold.
+            std::cmp::Ordering::Equal if other.roster == self.roster && theirs.owners == mine.owners => {
+                let mut gone = mine.gone.clone();
+                gone.extend(theirs.gone.iter().filter(|g| !mine.gone.contains(g)).cloned());
+                gone.sort();
+                if let Some(newest) = self.layouts.last_mut() {
+                    newest.gone = gone;
+                }
+                false
             }
+            std::cmp::Ordering::Equal => other.layout_digest() > self.layout_digest(),
         };
         if take_theirs {
             // One change at a time: a newer layout is only made once every older one but

@@ -184,3 +184,25 @@ fn a_history_from_another_cluster_is_refused() {
     bad.layouts[1].owners[0] = 99;
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn a_skipped_node_is_gone_and_done_and_both_marks_survive_a_merge() {
+    let three = seeded(3);
+    let skip = |id: &str| Change::Skip { id: id.into() };
+    assert_eq!(
+        three.change(&skip("n2")).unwrap_err(),
+        LayoutError::NothingToSkip("n2".into())
+    );
+    let moving = add(&three, 4);
+    let skipped = moving.change(&skip("n2")).unwrap();
+    assert_eq!(skipped.newest().gone, vec!["n2".to_string()]);
+    assert_eq!(skipped.progress["n2"], Progress::done(2));
+    assert_eq!(skipped.newest().version, 2, "no new layout");
+    let other = moving.change(&skip("n3")).unwrap();
+    let mut merged = skipped.clone();
+    merged.merge(&other).unwrap();
+    let mut reverse = other;
+    reverse.merge(&skipped).unwrap();
+    assert_eq!(merged, reverse);
+    assert_eq!(merged.newest().gone, vec!["n2".to_string(), "n3".to_string()]);
+}
