@@ -68,3 +68,33 @@ async fn every_line_under_up_names_its_node_and_a_piped_log_has_no_colour() {
         assert!(of_node(&format!("node {id} serving")), "{id}'s own lines:\n{log}");
     }
 }
+
+/// A move that takes a while says how far it is in the new owner's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_hand_over_logs_its_progress() {
+    let logs = capture_logs();
+    // Pulls at 10 keys/s: n4 fills for longer than the 10 s between progress lines.
+    let slow = "[convergence]\nping_interval_ms = 100\nanti_entropy_interval_ms = 500\nanti_entropy_keys_per_sec = 10";
+    let mut cluster = TestCluster::start(Shape::three().with(slow)).await;
+    let client = cluster.client().await;
+    let all = quorumkv_client::WriteOptions {
+        w: Some(3),
+        ..Default::default()
+    };
+    for i in 0..200 {
+        client.put_with(format!("k{i}"), "v", &all).await.unwrap();
+    }
+    let n4 = cluster.start_joining().await;
+    let added = quorumkv_client::layout::Change::Add {
+        id: cluster.id(n4),
+        addr: cluster.member(n4).addr,
+    };
+    client.change_layout("n1", added).await.expect("n4 is added");
+    let line = common::wait_until("a progress line", std::time::Duration::from_secs(40), || async {
+        let lines = logged(&logs, "partition pulls left");
+        lines.into_iter().next().ok_or_else(|| "none yet".to_string())
+    })
+    .await;
+    assert!(line.contains("layout 2:") && line.contains(" of "), "{line}");
+    cluster.shutdown().await;
+}

@@ -263,7 +263,11 @@ pub fn status(config: &ClusterConfig, json: bool, partitions: bool) -> anyhow::R
             // Nodes that did not answer are shown down above: not asked again.
             let answered = |m: &Member| report.iter().any(|r| r.id == m.id && r.status.is_ok());
             let nodes = moves::nodes_in_use(&history).into_iter().filter(answered).collect();
-            let progress = moves::collect(&client, nodes).await;
+            let known = report
+                .iter()
+                .filter_map(|r| Some((r.id.clone(), r.status.as_ref().ok()?.clone())))
+                .collect();
+            let progress = moves::collect(&client, nodes, &known).await;
             let busy = |n: &moves::NodeMove| n.pull_left().0 + n.drop_left().0 > 0;
             if history.moving() || progress.iter().any(busy) {
                 match (history.layouts.first(), history.moving()) {

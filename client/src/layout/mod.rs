@@ -164,10 +164,13 @@ impl LayoutHistory {
 
     /// Roster indices owning a slot in the newest layout: whose progress counts.
     pub fn members(&self) -> Vec<usize> {
-        let mut members: Vec<usize> = self.newest().owners.iter().map(|&o| usize::from(o)).collect();
-        members.sort_unstable();
-        members.dedup();
-        members
+        owners_of(std::slice::from_ref(self.newest()))
+    }
+
+    /// Roster indices owning a slot in some layout in use, ascending: every node a move
+    /// involves.
+    pub fn in_use(&self) -> Vec<usize> {
+        owners_of(&self.layouts)
     }
 
     /// Smallest value of a counter over the newest layout's members (0 for a member that
@@ -226,11 +229,7 @@ impl LayoutHistory {
     /// A fingerprint of everything in the history (progress included), to tell whether
     /// two nodes hold the same one without sending it.
     pub fn digest(&self) -> u64 {
-        let bytes = rmp_serde::to_vec(self).unwrap_or_default();
-        let hash = blake3::hash(&bytes);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        u64::from_le_bytes(first)
+        fingerprint(self)
     }
 
     /// Sets `id`'s counters to at least `progress`; true if that changed anything.
@@ -290,11 +289,7 @@ impl LayoutHistory {
 
     /// Fingerprint of the roster and the newest layout alone.
     fn layout_digest(&self) -> u64 {
-        let bytes = rmp_serde::to_vec(&(&self.roster, self.newest())).unwrap_or_default();
-        let hash = blake3::hash(&bytes);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        u64::from_le_bytes(first)
+        fingerprint(&(&self.roster, self.newest()))
     }
 
     /// Drops the layouts every member has left behind (older than the smallest `sync_ack`).
@@ -341,6 +336,26 @@ impl LayoutHistory {
         }
         Ok(pulls)
     }
+}
+
+/// Roster indices owning a slot in any of `layouts`, ascending.
+fn owners_of(layouts: &[Layout]) -> Vec<usize> {
+    let mut owners: Vec<usize> = layouts
+        .iter()
+        .flat_map(|l| l.owners.iter().map(|&o| usize::from(o)))
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    owners
+}
+
+/// The first 8 bytes of blake3 over `value`'s encoding (histories are plain data, so
+/// encoding them cannot fail).
+fn fingerprint(value: &impl Serialize) -> u64 {
+    let bytes = rmp_serde::to_vec(value).unwrap_or_default();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 #[cfg(test)]

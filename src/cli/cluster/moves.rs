@@ -12,12 +12,9 @@
 use std::collections::BTreeMap;
 
 use quorumkv_client::layout::{LayoutHistory, PartitionKeys, Progress};
-use quorumkv_client::wire::Member;
+use quorumkv_client::wire::{Member, NodeSummary, MAX_COUNTED_PARTITIONS};
 use quorumkv_client::Client;
 use serde::Serialize;
-
-/// Most partitions one `PartitionKeys` request may name (the node's limit).
-const MAX_COUNTED_PARTITIONS: usize = 1024;
 
 /// Where a move is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -134,20 +131,11 @@ impl NodeMove {
 
 /// The roster members owning slots in any layout in use, in roster order.
 pub fn nodes_in_use(history: &LayoutHistory) -> Vec<Member> {
-    let mut used = vec![false; history.roster.len()];
-    for layout in &history.layouts {
-        for &owner in &layout.owners {
-            if let Some(slot) = used.get_mut(usize::from(owner)) {
-                *slot = true;
-            }
-        }
-    }
+    let roster = &history.roster;
     history
-        .roster
-        .iter()
-        .zip(used)
-        .filter(|(_, u)| *u)
-        .map(|(m, _)| m.clone())
+        .in_use()
+        .into_iter()
+        .filter_map(|i| roster.get(i).cloned())
         .collect()
 }
 
@@ -165,10 +153,11 @@ pub async fn merged_history(client: &Client) -> LayoutHistory {
     history
 }
 
-/// Asks each of `nodes` how far it is, all at once.
-pub async fn collect(client: &Client, nodes: Vec<Member>) -> Vec<NodeMove> {
+/// Asks each of `nodes` how far it is, all at once; `known`: summaries already asked
+/// for (by `status`), by node id, which are not asked again.
+pub async fn collect(client: &Client, nodes: Vec<Member>, known: &BTreeMap<String, NodeSummary>) -> Vec<NodeMove> {
     let asks = nodes.into_iter().map(|m| async move {
-        let answer = ask_node(client, &m.id).await;
+        let answer = ask_node(client, &m.id, known.get(&m.id)).await;
         NodeMove {
             id: m.id,
             addr: m.addr,
@@ -180,11 +169,14 @@ pub async fn collect(client: &Client, nodes: Vec<Member>) -> Vec<NodeMove> {
     nodes
 }
 
-async fn ask_node(client: &Client, id: &str) -> Result<NodeProgress, String> {
+async fn ask_node(client: &Client, id: &str, known: Option<&NodeSummary>) -> Result<NodeProgress, String> {
     let fail = |e: quorumkv_client::ClientError| e.to_string();
     let own = client.fetch_layout(id).await.map_err(fail)?;
     let status = client.move_status(id).await.map_err(fail)?;
-    let summary = client.status_summary(id, false).await.map_err(fail)?;
+    let summary = match known {
+        Some(summary) => summary.clone(),
+        None => client.status_summary(id, false).await.map_err(fail)?,
+    };
     let pulling = status.pulling.into_iter().map(|pull| PullEstimate {
         partition: pull.partition,
         sources: pull.sources,

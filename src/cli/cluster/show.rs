@@ -81,7 +81,7 @@ pub fn layout_views(history: &LayoutHistory) -> Vec<LayoutView> {
 /// Asks the nodes and builds the report.
 pub async fn collect(client: &Client) -> ShowReport {
     let history = moves::merged_history(client).await;
-    let nodes = moves::collect(client, moves::nodes_in_use(&history)).await;
+    let nodes = moves::collect(client, moves::nodes_in_use(&history), &Default::default()).await;
     let node_moving = nodes.iter().any(|n| n.answer.as_ref().is_ok_and(|p| p.moving));
     let dropping = nodes.iter().any(|n| n.drop_left().0 > 0);
     ShowReport {
