@@ -469,3 +469,18 @@ async fn a_node_dead_in_a_move_is_skipped_then_replaced() {
     placed_exactly(&client, &history, &ids, &all_keys()).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_another_cluster_shape_refuses_to_start() {
+    let mut cluster = TestCluster::start(Shape::three()).await;
+    cluster.stop(0).await;
+    let mut reshaped = cluster.config.clone();
+    reshaped.partitions = 512;
+    let parts = quorumkv::node::NodeParts::real(&reshaped, "n1", None).expect("parts");
+    let refused = quorumkv::node::Node::start(&reshaped, "n1", parts)
+        .err()
+        .expect("refused");
+    let message = format!("{refused:#}");
+    assert!(message.contains("the shape of a cluster cannot change"), "{message}");
+    cluster.shutdown().await;
+}

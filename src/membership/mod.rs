@@ -100,10 +100,7 @@ impl NodeLayout {
 
     /// Roster indices replicating something in some layout in use, ascending.
     pub fn active(&self) -> Vec<usize> {
-        let mut active: Vec<usize> = self.rings.iter().flat_map(|r| r.active().iter().copied()).collect();
-        active.sort_unstable();
-        active.dedup();
-        active
+        self.history.in_use()
     }
 
     /// Whether this node replicates something in some layout in use.
@@ -192,7 +189,16 @@ impl Membership {
                 }
                 history
             }
-            None => seed(config)?,
+            None => {
+                // Version 1 is stored at once: cluster.toml seeds a cluster only once, and
+                // a later edit of its [[nodes]] must not make this node's layout 1 differ
+                // from its peers'.
+                let seeded = seed(config)?;
+                if let Some(path) = &file {
+                    persist::store(path, &seeded).context("storing the first layout")?;
+                }
+                seeded
+            }
         };
         let layout = NodeLayout::new(history, id).context("the stored layout history is invalid")?;
         Ok(Membership {
